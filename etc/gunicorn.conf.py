@@ -1,0 +1,57 @@
+"""Gunicorn settings for responses-proxy: gevent workers, many open streams per worker.
+
+Every value can be set by a RESPONSES_PROXY_* variable; command-line flags (-b, -w...) still win.
+This file must not import the app: the master stays free of gevent's monkey-patching, and each
+worker builds its own app (and database engine, and upstream session) after the fork.
+"""
+
+import multiprocessing
+import os
+import resource
+import subprocess
+import sys
+
+
+def env(name, default):
+    return os.environ.get("RESPONSES_PROXY_" + name) or default
+
+
+bind = env("BIND", "127.0.0.1:8000")
+worker_class = "gevent"
+# gevent workers are single-threaded event loops: one per core uses the machine.
+workers = int(env("WORKERS", multiprocessing.cpu_count()))
+# Each open stream holds one connection; a Codex session keeps one open for minutes.
+worker_connections = int(env("WORKER_CONNECTIONS", 10000))
+# For gevent workers this is only a liveness check of the event loop, not a request timeout.
+timeout = int(env("WORKER_TIMEOUT", 60))
+# How long open streams may finish when workers are replaced (HUP, deploy) before they are cut.
+graceful_timeout = int(env("GRACEFUL_TIMEOUT", 120))
+keepalive = int(env("KEEPALIVE", 75))
+backlog = int(env("BACKLOG", 4096))
+accesslog = env("ACCESS_LOG", "-")
+if accesslog.lower() in ("off", "none", "0"):
+    accesslog = None
+access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms "%(a)s" %({x-request-id}o)s'
+errorlog = "-"
+loglevel = env("LOG_LEVEL", "info").lower()
+proc_name = "responses-proxy"
+# gunicornc's control socket lives beside the data, so several instances on one host never collide.
+_data_dir = os.path.abspath(env("DATA_DIR", "./var"))
+os.makedirs(_data_dir, exist_ok=True)
+control_socket = os.path.join(_data_dir, "gunicorn.ctl")
+# Each stream needs two descriptors (client and upstream); raise the soft limit to the hard one.
+_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if _soft < _hard:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_hard, _hard))
+
+
+def on_starting(server):
+    # Migrations run once, before any worker forks, in a separate interpreter so that the
+    # master never imports the app (nor SQLAlchemy, nor anything gevent should patch first).
+    subprocess.run([sys.executable, "-m", "responses_proxy.store.migrate"], check=True)
+
+
+def worker_exit(server, worker):
+    services = getattr(worker.wsgi, "extensions", {}).get("responses_proxy")
+    if services is not None:
+        services.recorder.flush()

@@ -1,0 +1,102 @@
+"""Every setting of the gateway, read from ``RESPONSES_PROXY_*`` environment variables.
+
+``SETTINGS`` is the one list: the app reads it, ``flask --app wsgi settings`` prints it and
+the README documents it. Gunicorn's own settings (bind, workers, ...) live in
+``etc/gunicorn.conf.py`` because the master reads them before any app exists.
+"""
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+PREFIX = "RESPONSES_PROXY_"
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    parse: Callable
+    default: object
+    doc: str
+
+
+def _str(value):
+    return value
+
+
+def _bool(value):
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def _positive(parse):
+    def check(value):
+        parsed = parse(value)
+        if parsed < 0:
+            raise ValueError(f"must not be negative: {value!r}")
+        return parsed
+
+    return check
+
+
+SETTINGS = (
+    Setting("DATA_DIR", _str, "./var", "Directory for the SQLite database and the generated secret key."),
+    Setting("DATABASE_URL", _str, None,
+            "SQLAlchemy URL; default SQLite at DATA_DIR/responses-proxy.db. "
+            "Use postgresql+psycopg://user@host/db to share state between hosts."),
+    Setting("SECRET_KEY", _str, None,
+            "Key that encrypts upstream tokens at rest; default: generated once into DATA_DIR/secret.key (mode 0600)."),
+    Setting("UPSTREAM_BASE_URL", _str, "https://chatgpt.com/backend-api",
+            "Codex backend; requests go to {base}/codex/responses, models come from {base}/codex/models."),
+    Setting("AUTH_BASE_URL", _str, "https://auth.openai.com", "OAuth server; token refresh is POST {base}/oauth/token."),
+    Setting("ORIGINATOR", _str, "codex_cli_rs", "Value of the originator header sent upstream."),
+    Setting("UPSTREAM_CONNECT_TIMEOUT", _positive(float), 10.0, "Seconds to connect to the upstream."),
+    Setting("UPSTREAM_READ_TIMEOUT", _positive(float), 300.0,
+            "Seconds the upstream may stay silent (before its headers, or between two chunks) before the request fails."),
+    Setting("KEEPALIVE_SECONDS", _positive(float), 15.0,
+            "A streaming client gets a ': keepalive' comment after this many silent seconds."),
+    Setting("MAX_BODY_BYTES", _positive(int), 64 * 1024 * 1024, "Largest accepted request body (413 above it)."),
+    Setting("MODELS_CACHE_SECONDS", _positive(float), 300.0, "How long each worker keeps the upstream model catalog."),
+    Setting("DEFAULT_COOLDOWN_SECONDS", _positive(float), 60.0,
+            "Cooldown of an account whose usage-limit error names no reset time."),
+    Setting("MAX_ATTEMPTS", _positive(int), 3,
+            "How many accounts a request may try before the first byte reaches the client."),
+    Setting("UPSTREAM_POOL_SIZE", _positive(int), 1000, "Upstream connections each worker keeps open for reuse."),
+    Setting("USAGE_FLUSH_SECONDS", _positive(float), 1.0,
+            "Usage rows are written in batches at most this far apart (0 writes each row at once)."),
+    Setting("LOG_LEVEL", _str, "INFO", "Level of the JSON log written to stderr."),
+)
+
+
+def load_config(environ=None, overrides=None):
+    """Read every setting from ``environ`` (default: the process environment), then apply
+    ``overrides`` (tests, embedding apps). A malformed value fails loudly here, at start-up,
+    naming the variable.
+    """
+    environ = os.environ if environ is None else environ
+    config = {}
+    for setting in SETTINGS:
+        raw = environ.get(PREFIX + setting.name)
+        if raw is None or raw == "":
+            config[setting.name] = setting.default
+            continue
+        try:
+            config[setting.name] = setting.parse(raw)
+        except ValueError as exc:
+            raise ValueError(f"{PREFIX}{setting.name}: {exc}") from None
+    config.update(overrides or {})
+    return finish(config)
+
+
+def finish(config):
+    """Fill in the settings derived from others."""
+    config["DATA_DIR"] = os.path.abspath(config["DATA_DIR"])
+    if not config.get("DATABASE_URL"):
+        config["DATABASE_URL"] = "sqlite:///" + os.path.join(config["DATA_DIR"], "responses-proxy.db")
+    config["UPSTREAM_BASE_URL"] = config["UPSTREAM_BASE_URL"].rstrip("/")
+    config["AUTH_BASE_URL"] = config["AUTH_BASE_URL"].rstrip("/")
+    return config
