@@ -1,0 +1,101 @@
+"""Upstream accounts: their identity, encrypted tokens and health."""
+
+import secrets
+import time
+
+import orjson
+from sqlalchemy import delete, insert, or_, select, update
+
+from .tables import accounts
+
+ACTIVE, DISABLED, NEEDS_RELOGIN = "active", "disabled", "needs_relogin"
+
+
+def upsert(engine, cipher, credentials):
+    """Add the account, or update the tokens of the one with the same ChatGPT account id.
+
+    Returns ``(row, created)``. One transaction: a failure leaves nothing half-written.
+    """
+    now = time.time()
+    values = {
+        "email": credentials["email"],
+        "plan": credentials["plan"],
+        "tokens": cipher.encrypt(orjson.dumps({
+            "id_token": credentials["id_token"],
+            "access_token": credentials["access_token"],
+            "refresh_token": credentials["refresh_token"],
+        })),
+        "access_expires_at": credentials["access_expires_at"],
+        "last_refresh": credentials["last_refresh"],
+        "updated_at": now,
+    }
+    with engine.begin() as conn:
+        existing = conn.execute(
+            select(accounts.c.id).where(accounts.c.chatgpt_account_id == credentials["chatgpt_account_id"])
+        ).scalar()
+        if existing:
+            # New tokens mean a fresh login: the account serves again.
+            conn.execute(update(accounts).where(accounts.c.id == existing).values(
+                **values, status=ACTIVE, last_error=None, last_error_at=None))
+            account_id, created = existing, False
+        else:
+            account_id, created = "acct_" + secrets.token_hex(8), True
+            conn.execute(insert(accounts).values(
+                id=account_id, chatgpt_account_id=credentials["chatgpt_account_id"], status=ACTIVE,
+                created_at=now, **values))
+        row = conn.execute(select(accounts).where(accounts.c.id == account_id)).mappings().one()
+    return public(row), created
+
+
+def list_all(engine):
+    with engine.connect() as conn:
+        rows = conn.execute(select(accounts).order_by(accounts.c.created_at)).mappings().all()
+    return [public(row) for row in rows]
+
+
+def remove(engine, account_id):
+    with engine.begin() as conn:
+        return conn.execute(delete(accounts).where(accounts.c.id == account_id)).rowcount == 1
+
+
+def usable(engine, now=None):
+    """Active accounts that are not cooling down, with their encrypted tokens."""
+    now = time.time() if now is None else now
+    with engine.connect() as conn:
+        return conn.execute(
+            select(accounts).where(
+                accounts.c.status == ACTIVE,
+                or_(accounts.c.cooldown_until.is_(None), accounts.c.cooldown_until <= now))
+            .order_by(accounts.c.created_at)
+        ).mappings().all()
+
+
+def states(engine):
+    """(status, cooldown_until) of every account: enough to explain why none is usable."""
+    with engine.connect() as conn:
+        return conn.execute(select(accounts.c.id, accounts.c.status, accounts.c.cooldown_until)).mappings().all()
+
+
+def tokens(cipher, row):
+    return orjson.loads(cipher.decrypt(row["tokens"]))
+
+
+def set_cooldown(engine, account_id, until, error):
+    now = time.time()
+    with engine.begin() as conn:
+        conn.execute(update(accounts).where(accounts.c.id == account_id).values(
+            cooldown_until=until, last_error=error, last_error_at=now, updated_at=now))
+
+
+def record_error(engine, account_id, error):
+    now = time.time()
+    with engine.begin() as conn:
+        conn.execute(update(accounts).where(accounts.c.id == account_id).values(
+            last_error=error, last_error_at=now, updated_at=now))
+
+
+def public(row):
+    """An account as listings show it: everything but the tokens."""
+    return {key: row[key] for key in (
+        "id", "chatgpt_account_id", "email", "plan", "status", "cooldown_until", "access_expires_at",
+        "last_refresh", "last_error", "last_error_at", "created_at", "updated_at")}

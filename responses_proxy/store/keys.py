@@ -1,0 +1,68 @@
+"""API keys: random, shown once, stored as a SHA-256 digest."""
+
+import hashlib
+import secrets
+import time
+
+from sqlalchemy import insert, select, update
+
+from .tables import api_keys
+
+KEY_PREFIX = "sk-rp-"
+
+
+def hash_key(plaintext: str) -> str:
+    return hashlib.sha256(plaintext.encode("utf-8")).hexdigest()
+
+
+def create(engine, name, allowed_models=None):
+    """Store a new key and return its row with the plaintext ``key`` (the only time it exists)."""
+    plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
+    row = {
+        "id": "key_" + secrets.token_hex(8),
+        "name": name,
+        "key_hash": hash_key(plaintext),
+        "key_prefix": plaintext[:10],
+        "allowed_models": list(allowed_models) if allowed_models else None,
+        "created_at": time.time(),
+        "revoked_at": None,
+    }
+    with engine.begin() as conn:
+        conn.execute(insert(api_keys).values(**row))
+    return public(row) | {"key": plaintext}
+
+
+def find_active(engine, plaintext):
+    """The unrevoked key whose digest matches, or None."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(api_keys.c.id, api_keys.c.name, api_keys.c.allowed_models)
+            .where(api_keys.c.key_hash == hash_key(plaintext), api_keys.c.revoked_at.is_(None))
+        ).mappings().first()
+    return dict(row) if row else None
+
+
+def list_all(engine):
+    with engine.connect() as conn:
+        rows = conn.execute(select(api_keys).order_by(api_keys.c.created_at)).mappings().all()
+    return [public(row) for row in rows]
+
+
+def revoke(engine, key_id):
+    """Revoke a key; False when there is no such (unrevoked) key."""
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+            .values(revoked_at=time.time()))
+    return result.rowcount == 1
+
+
+def public(row):
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "prefix": row["key_prefix"],
+        "allowed_models": row["allowed_models"],
+        "created_at": row["created_at"],
+        "revoked_at": row["revoked_at"],
+    }

@@ -1,0 +1,64 @@
+"""The schema, as SQLAlchemy Core tables. Alembic migrations in ``migrations/`` create it.
+
+Times are epoch seconds (float): cooldowns and usage windows are plain arithmetic, and the
+same column works on SQLite and PostgreSQL.
+"""
+
+from sqlalchemy import (JSON, BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table,
+                        Text)
+
+metadata = MetaData()
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; BigInteger elsewhere.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+api_keys = Table(
+    "api_keys", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),  # SHA-256 hex of the plaintext key
+    Column("key_prefix", String(16), nullable=False),  # first characters, to recognise a key in listings
+    Column("allowed_models", JSON, nullable=True),  # list of model slugs; NULL = every model
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=True),
+)
+
+accounts = Table(
+    "accounts", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("chatgpt_account_id", String(100), nullable=False, unique=True),
+    Column("email", String(320), nullable=True),
+    Column("plan", String(50), nullable=True),
+    Column("tokens", Text, nullable=False),  # Fernet-encrypted JSON: id_token, access_token, refresh_token
+    Column("access_expires_at", Float, nullable=True),
+    Column("last_refresh", Float, nullable=True),
+    Column("status", String(20), nullable=False, server_default="active"),  # active | disabled | needs_relogin
+    Column("cooldown_until", Float, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("last_error_at", Float, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+usage = Table(
+    "usage", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("created_at", Float, nullable=False),
+    Column("request_id", String(64), nullable=True),
+    Column("key_id", String(32), nullable=True),
+    Column("account_id", String(32), nullable=True),
+    Column("model", String(200), nullable=True),
+    Column("stream", Boolean, nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("input_tokens", Integer, nullable=True),
+    Column("output_tokens", Integer, nullable=True),
+    Column("total_tokens", Integer, nullable=True),
+    Column("cached_tokens", Integer, nullable=True),
+    Column("reasoning_tokens", Integer, nullable=True),
+    Column("ttfb_ms", Float, nullable=True),
+    Column("duration_ms", Float, nullable=False),
+    Column("error_code", String(64), nullable=True),
+    Index("ix_usage_created_at", "created_at"),
+    Index("ix_usage_key_created", "key_id", "created_at"),
+    Index("ix_usage_account_created", "account_id", "created_at"),
+)
