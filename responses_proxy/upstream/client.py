@@ -1,0 +1,162 @@
+"""The HTTP client of the Codex backend: one ``requests.Session`` per worker process."""
+
+import os
+import time
+
+import orjson
+import requests
+from requests.adapters import HTTPAdapter
+from requests.utils import get_environ_proxies
+
+from ..errors import ApiError, InvalidRequest, UpstreamError, UsageLimitReached
+
+USER_AGENT = "responses-proxy/1.0"
+ERROR_BODY_LIMIT = 64 * 1024
+
+
+class UpstreamUnavailable(Exception):
+    """Connecting to the upstream failed or timed out (nothing was received)."""
+
+
+class UpstreamClient:
+    def __init__(self, config):
+        self.base_url = config["UPSTREAM_BASE_URL"]
+        self.responses_url = self.base_url + "/codex/responses"
+        self.models_url = self.base_url + "/codex/models"
+        self.timeout = (config["UPSTREAM_CONNECT_TIMEOUT"], config["UPSTREAM_READ_TIMEOUT"])
+        self.originator = config["ORIGINATOR"]
+        self.pool_size = config.get("UPSTREAM_POOL_SIZE", 1000)
+        self._session = None
+        self._pid = None
+
+    @property
+    def session(self):
+        # A session made before a fork would share its sockets with the parent.
+        if self._pid != os.getpid():
+            self._session = self._new_session()
+            self._pid = os.getpid()
+        return self._session
+
+    def _new_session(self):
+        session = requests.Session()
+        # Proxy settings are read from the environment once, not on every request.
+        session.proxies = get_environ_proxies(self.base_url)
+        session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        session.trust_env = False
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.pool_size)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        session.headers.clear()
+        session.headers["User-Agent"] = USER_AGENT
+        return session
+
+    def headers(self, credentials):
+        return {
+            "Authorization": "Bearer " + credentials["access_token"],
+            "chatgpt-account-id": credentials["chatgpt_account_id"],
+            "originator": self.originator,
+        }
+
+    def open_responses(self, credentials, body: bytes, session_id=None):
+        """POST the body; returns the streaming ``requests.Response`` whatever its status."""
+        headers = self.headers(credentials)
+        headers["Content-Type"] = "application/json"
+        headers["Accept"] = "text/event-stream"
+        headers["Accept-Encoding"] = "identity"
+        if session_id:
+            headers["session_id"] = session_id
+        try:
+            return self.session.post(self.responses_url, data=body, headers=headers, stream=True,
+                                     timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise UpstreamUnavailable(describe_exception(exc)) from None
+
+    def get_models(self, credentials, client_version):
+        headers = self.headers(credentials)
+        headers["Accept"] = "application/json"
+        try:
+            response = self.session.get(self.models_url, params={"client_version": client_version},
+                                        headers=headers, timeout=(self.timeout[0], 15))
+            response.raise_for_status()
+            return response.json()
+        except (requests.RequestException, ValueError) as exc:
+            raise UpstreamUnavailable(describe_exception(exc)) from None
+
+
+def describe_exception(exc):
+    if isinstance(exc, requests.Timeout):
+        return "the upstream did not answer in time"
+    if isinstance(exc, requests.ConnectionError):
+        return "could not connect to the upstream"
+    return f"upstream request failed ({type(exc).__name__})"
+
+
+def read_error_body(response):
+    """The (bounded) body of an upstream error response, then the connection is released."""
+    try:
+        data = b""
+        for chunk in response.iter_content(chunk_size=8192):
+            data += chunk
+            if len(data) >= ERROR_BODY_LIMIT:
+                break
+        return data
+    except requests.RequestException:
+        return b""
+    finally:
+        response.close()
+
+
+def upstream_error_fields(raw):
+    """(message, type, code, param, error dict) from an upstream error body of any known shape."""
+    try:
+        document = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        document = None
+    error = {}
+    if isinstance(document, dict):
+        if isinstance(document.get("error"), dict):
+            error = document["error"]
+        elif isinstance(document.get("detail"), str):
+            error = {"message": document["detail"]}
+        elif isinstance(document.get("detail"), dict):
+            error = document["detail"]
+    message = error.get("message") if isinstance(error.get("message"), str) else None
+    if message is None and raw and document is None:
+        message = raw[:500].decode("utf-8", "replace").strip() or None
+    return message, error
+
+
+def error_for_status(status, raw, default_cooldown):
+    """The ``ApiError`` a client gets for an upstream error status received before any byte.
+
+    401/403: our credentials, not the client's, were refused: 502. 429: the usage-limit error,
+    passed on so the Codex CLI can say when to come back. 5xx: 502. Any other 4xx: the upstream
+    refused the request itself: same status, upstream's message.
+    """
+    message, error = upstream_error_fields(raw)
+    if status == 429:
+        resets_at, resets_in = usage_limit_reset(error, default_cooldown)
+        return UsageLimitReached(message or "The usage limit has been reached.", resets_at=resets_at,
+                                 resets_in_seconds=resets_in, plan_type=error.get("plan_type"))
+    if status in (401, 403):
+        return UpstreamError(f"The upstream refused the account's credentials (HTTP {status}).")
+    if status >= 500 or status < 400:
+        detail = f": {message}" if message else ""
+        return UpstreamError(f"The upstream failed (HTTP {status}){detail}")
+    code = error.get("code") if isinstance(error.get("code"), str) else "upstream_rejected"
+    param = error.get("param") if isinstance(error.get("param"), str) else None
+    return ApiError(message or f"The upstream rejected the request (HTTP {status}).",
+                    status=status, code=code, param=param,
+                    type=error.get("type") if isinstance(error.get("type"), str) else InvalidRequest.type)
+
+
+def usage_limit_reset(error, default_cooldown, now=None):
+    """(resets_at, resets_in_seconds) of a usage-limit error; the default cooldown when absent."""
+    now = time.time() if now is None else now
+    resets_at = error.get("resets_at")
+    resets_in = error.get("resets_in_seconds")
+    if isinstance(resets_at, (int, float)) and not isinstance(resets_at, bool) and resets_at > now:
+        return float(resets_at), resets_at - now
+    if isinstance(resets_in, (int, float)) and not isinstance(resets_in, bool) and resets_in > 0:
+        return now + resets_in, float(resets_in)
+    return now + default_cooldown, float(default_cooldown)
