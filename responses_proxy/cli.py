@@ -1,0 +1,187 @@
+"""Operator commands: ``flask --app wsgi keys|accounts|usage|db|settings``; each takes ``--json``."""
+
+import re
+import time
+from datetime import datetime, timezone
+
+import click
+import orjson
+from flask import current_app
+from flask.cli import AppGroup
+
+from .config import PREFIX, SETTINGS
+from .store import accounts as account_store
+from .store import keys as key_store
+from .store import migrate
+from .store import usage as usage_store
+from .upstream.credentials import CredentialsError, parse_auth_json
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+def services():
+    return current_app.extensions["responses_proxy"]
+
+
+def emit(data, as_json, text):
+    if as_json:
+        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(text)
+
+
+def when(epoch):
+    if epoch is None:
+        return "-"
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def table(rows, columns):
+    if not rows:
+        return "(none)"
+    widths = [max(len(title), *(len(str(row[index])) for row in rows)) for index, title in enumerate(columns)]
+    lines = ["  ".join(title.ljust(width) for title, width in zip(columns, widths))]
+    lines += ["  ".join(str(value).ljust(width) for value, width in zip(row, widths)) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+keys_cli = AppGroup("keys", help="Create, list and revoke the API keys clients use.")
+
+
+@keys_cli.command("create")
+@click.option("--name", required=True, help="What the key is for (shown in listings).")
+@click.option("--allowed-models", default=None, help="Comma-separated model slugs this key may use (default: all).")
+@json_option
+def keys_create(name, allowed_models, as_json):
+    """Create a key; its plaintext is printed once and never stored."""
+    models = [model.strip() for model in allowed_models.split(",") if model.strip()] if allowed_models else None
+    if allowed_models is not None and not models:
+        raise click.BadParameter("name at least one model", param_hint="--allowed-models")
+    created = key_store.create(services().engine, name, models)
+    emit(created, as_json,
+         f"id:  {created['id']}\nkey: {created['key']}\n"
+         "This is the only time the key is shown: store it now.")
+
+
+@keys_cli.command("list")
+@json_option
+def keys_list(as_json):
+    """List keys (never their plaintext)."""
+    rows = key_store.list_all(services().engine)
+    emit(rows, as_json, table(
+        [(row["id"], row["name"], row["prefix"] + "…", ",".join(row["allowed_models"] or ["*"]),
+          when(row["created_at"]), "revoked " + when(row["revoked_at"]) if row["revoked_at"] else "active")
+         for row in rows],
+        ("ID", "NAME", "PREFIX", "MODELS", "CREATED", "STATUS")))
+
+
+@keys_cli.command("revoke")
+@click.argument("key_id")
+@json_option
+def keys_revoke(key_id, as_json):
+    """Revoke a key: requests with it get 401 from now on."""
+    if not key_store.revoke(services().engine, key_id):
+        raise click.ClickException(f"no active key with id {key_id}")
+    emit({"id": key_id, "revoked": True}, as_json, f"revoked {key_id}")
+
+
+accounts_cli = AppGroup("accounts", help="Import, list and remove the upstream ChatGPT accounts.")
+
+
+@accounts_cli.command("import")
+@click.argument("path", type=click.Path(dir_okay=False))
+@json_option
+def accounts_import(path, as_json):
+    """Import a Codex CLI auth.json (re-importing an account updates its tokens)."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        credentials = parse_auth_json(raw)
+    except CredentialsError as exc:
+        raise click.ClickException(f"{path}: {exc}") from None
+    account, created = account_store.upsert(services().engine, services().cipher, credentials)
+    emit({**account, "created": created}, as_json,
+         f"{'imported' if created else 'updated'} {account['id']} "
+         f"({account['email'] or 'no email'}, plan {account['plan'] or 'unknown'})")
+
+
+@accounts_cli.command("list")
+@json_option
+def accounts_list(as_json):
+    """List accounts and their state."""
+    rows = account_store.list_all(services().engine)
+    now = time.time()
+
+    def state(row):
+        if row["status"] == account_store.ACTIVE and row["cooldown_until"] and row["cooldown_until"] > now:
+            return "cooling down until " + when(row["cooldown_until"])
+        return {"needs_relogin": "needs re-login"}.get(row["status"], row["status"])
+
+    emit(rows, as_json, table(
+        [(row["id"], row["email"] or "-", row["plan"] or "-", state(row), when(row["access_expires_at"]),
+          (row["last_error"] or "-")[:60]) for row in rows],
+        ("ID", "EMAIL", "PLAN", "STATUS", "TOKEN EXPIRES", "LAST ERROR")))
+
+
+@accounts_cli.command("remove")
+@click.argument("account_id")
+@json_option
+def accounts_remove(account_id, as_json):
+    """Remove an account and its tokens."""
+    if not account_store.remove(services().engine, account_id):
+        raise click.ClickException(f"no account with id {account_id}")
+    emit({"id": account_id, "removed": True}, as_json, f"removed {account_id}")
+
+
+DURATION = re.compile(r"^(\d+)([smhd])$")
+
+
+def parse_since(value):
+    match = DURATION.match(value)
+    if not match:
+        raise click.BadParameter("use a number and a unit, like 30m, 24h or 7d", param_hint="--since")
+    return int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+@click.command("usage")
+@click.option("--since", default="24h", show_default=True, help="Window: 30m, 24h, 7d...")
+@click.option("--by", "group", type=click.Choice(["key", "account", "model"]), default="key", show_default=True)
+@json_option
+def usage_report(since, group, as_json):
+    """Requests, errors and tokens per key, account or model."""
+    rows = usage_store.summary(services().engine, time.time() - parse_since(since), group + "_id"
+                               if group != "model" else "model")
+    emit(rows, as_json, table(
+        [(row["group"] or "-", row["requests"], row["errors"] or 0, row["input_tokens"], row["cached_tokens"],
+          row["output_tokens"], row["reasoning_tokens"],
+          "-" if row["avg_ttfb_ms"] is None else f"{row['avg_ttfb_ms']:.0f}") for row in rows],
+        (group.upper(), "REQUESTS", "ERRORS", "INPUT", "CACHED", "OUTPUT", "REASONING", "AVG TTFB MS")))
+
+
+db_cli = AppGroup("db", help="Database schema.")
+
+
+@db_cli.command("upgrade")
+def db_upgrade():
+    """Apply pending schema migrations (gunicorn also does this at start)."""
+    migrate.upgrade(services().engine)
+    click.echo(f"database schema at revision {migrate.current(services().engine)}")
+
+
+@click.command("settings")
+@json_option
+def settings(as_json):
+    """Show every RESPONSES_PROXY_* setting and its effective value."""
+    values = {}
+    for setting in SETTINGS:
+        value = current_app.config[setting.name]
+        values[PREFIX + setting.name] = "(set)" if setting.name == "SECRET_KEY" and value else value
+    emit(values, as_json, "\n".join(f"{name}={'' if value is None else value}" for name, value in values.items()))
+
+
+def register(app):
+    for command in (keys_cli, accounts_cli, usage_report, db_cli, settings):
+        app.cli.add_command(command)

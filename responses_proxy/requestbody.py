@@ -1,0 +1,29 @@
+"""Reading a JSON request body: content type, size limit, parse errors, all as envelopes."""
+
+import orjson
+from flask import request
+
+from .errors import InvalidRequest, PayloadTooLarge
+
+
+def read_json_body(limit):
+    mimetype = request.mimetype
+    if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise InvalidRequest(f"Unsupported Content-Type '{mimetype}': send the body as application/json.")
+    length = request.content_length
+    if length is not None and length > limit:
+        raise too_large(limit)
+    raw = request.stream.read(limit + 1)
+    if len(raw) > limit:
+        raise too_large(limit)
+    if not raw.strip():
+        raise InvalidRequest("The request body is empty: send a JSON object.")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from None
+
+
+def too_large(limit):
+    # The rest of the body is never read: the connection must not be reused for another request.
+    return PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes.", headers={"Connection": "close"})

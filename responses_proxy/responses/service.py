@@ -1,0 +1,133 @@
+"""``POST /v1/responses`` without Flask: check, normalize, pick an account, relay, record."""
+
+import logging
+import time
+
+import orjson
+
+from .. import relay
+from ..errors import ApiError, InvalidRequest, ModelNotAllowed, NotImplementedYet, UpstreamError, UsageLimitReached
+from ..upstream.client import UpstreamUnavailable, error_for_status, read_error_body
+from .normalize import to_upstream
+
+log = logging.getLogger("responses_proxy.request")
+
+
+class RequestRecord:
+    """What one request did: becomes its usage row and its structured log line."""
+
+    def __init__(self, recorder, request_id, key_id, model=None, stream=False):
+        self._recorder = recorder
+        self.started = time.perf_counter()
+        self.row = {"created_at": time.time(), "request_id": request_id, "key_id": key_id, "model": model,
+                    "stream": stream, "account_id": None, "status": 200, "error_code": None, "ttfb_ms": None}
+        self.decisions = []
+
+    def decide(self, event, **fields):
+        self.decisions.append({"event": event, **fields})
+
+    def finish(self, status, error_code=None, ttfb=None, response=None):
+        row = self.row
+        row["status"] = status
+        row["error_code"] = error_code
+        if ttfb is not None:
+            row["ttfb_ms"] = round(ttfb * 1000, 3)
+        row["duration_ms"] = round((time.perf_counter() - self.started) * 1000, 3)
+        row.update(relay.usage_of(response))
+        self._recorder.record(row)
+        log.info("response", extra={"fields": {**row, "decisions": self.decisions}})
+
+
+class ResponsesService:
+    def __init__(self, pool, client, catalog, recorder, config):
+        self.pool = pool
+        self.client = client
+        self.catalog = catalog
+        self.recorder = recorder
+        self.keepalive = config["KEEPALIVE_SECONDS"]
+        self.default_cooldown = config["DEFAULT_COOLDOWN_SECONDS"]
+        self.max_attempts = config["MAX_ATTEMPTS"]
+
+    def check_model(self, key, model):
+        allowed = key["allowed_models"]
+        if allowed is not None and model not in allowed:
+            raise ModelNotAllowed(model)
+        if model not in self.catalog.slugs():
+            raise InvalidRequest(f"The model '{model}' does not exist. Check the available models at /v1/models.",
+                                 param="model", code="model_not_found")
+
+    def create(self, key, body, record, client_socket=None):
+        """Serve a validated body: a response dict, or an SSE iterator (already recording)."""
+        try:
+            self.check_model(key, body["model"])
+            if body.get("conversation") is not None:
+                raise NotImplementedYet("Conversations are not implemented yet on this gateway: "
+                                        "send the whole history in 'input'.", param="conversation")
+            upstream_body = orjson.dumps(to_upstream(body))
+            account, response = self.open_upstream(upstream_body, body.get("prompt_cache_key"), record)
+        except ApiError as exc:
+            record.finish(exc.status, exc.code)
+            raise
+        if body.get("stream"):
+            return self.stream(response, record, client_socket)
+        return self.complete(response, record)
+
+    def open_upstream(self, body, session_id, record):
+        """Send the request to the first account that takes it.
+
+        429, 401/403, 5xx and connection failures move on to the next account (nothing has
+        reached the client yet); any other 4xx is about the request itself and is final.
+        """
+        last_error = None
+        for account in self.pool.candidates()[:self.max_attempts]:
+            record.decide("account", account=account.id)
+            try:
+                response = self.client.open_responses(account.credentials, body, session_id)
+            except UpstreamUnavailable as exc:
+                self.pool.note_error(account, str(exc))
+                record.decide("failover", account=account.id, reason=str(exc))
+                last_error = UpstreamError(f"The upstream is unreachable: {exc}.")
+                continue
+            if response.status_code == 200:
+                record.row["account_id"] = account.id
+                return account, response
+            error = error_for_status(response.status_code, read_error_body(response), self.default_cooldown)
+            record.decide("upstream_status", account=account.id, status=response.status_code)
+            if isinstance(error, UsageLimitReached):
+                self.pool.cool_down(account, error.extra["resets_at"], error.message)
+                record.decide("cooldown", account=account.id, until=error.extra["resets_at"])
+            elif isinstance(error, UpstreamError):
+                self.pool.note_error(account, error.message)
+            else:
+                record.row["account_id"] = account.id
+                raise error
+            last_error = error
+        if isinstance(last_error, UsageLimitReached):
+            exhausted = self.pool.unavailable()
+            raise exhausted if isinstance(exhausted, UsageLimitReached) else last_error
+        raise last_error
+
+    def stream(self, response, record, client_socket):
+        def finish(sse):
+            tracker = sse.tracker
+            if sse.client_gone and tracker.terminal_name is None:
+                record.finish(499, "client_closed", sse.ttfb)
+            else:
+                record.finish(200, tracker.error_code(), sse.ttfb, tracker.final_response())
+
+        sse = relay.SSERelay(response, self.keepalive, finish, client_socket, record.started)
+        try:
+            first = sse.first(self.keepalive)
+        except ApiError as exc:
+            record.finish(exc.status, exc.code)
+            raise
+        return sse.body(first)
+
+    def complete(self, response, record):
+        try:
+            tracker, result = relay.fold(response)
+        except ApiError as exc:
+            record.finish(exc.status, exc.code)
+            raise
+        record.finish(200, tracker.error_code(), time.perf_counter() - record.started, result)
+        return result
