@@ -1,0 +1,227 @@
+"""Fixtures: a fresh app per test (flaskr style), the fake upstream, PostgreSQL, a real gunicorn."""
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+import requests
+from sqlalchemy import create_engine, text
+
+from responses_proxy import create_app
+from responses_proxy.store import keys as key_store
+from responses_proxy.store import migrate
+from responses_proxy.store.accounts import upsert
+from responses_proxy.upstream.credentials import parse_auth_json
+from tests.fake_upstream import FakeUpstream, auth_json
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IN_CI = os.environ.get("CI") == "true"
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+SECRET = "test-secret-key"
+
+
+def service_missing(message):
+    """A test that needs a service fails in CI (the service must be there) and skips elsewhere."""
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def fake_upstream():
+    fake = FakeUpstream().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def upstream(fake_upstream):
+    fake_upstream.reset()
+    return fake_upstream
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    engine = create_engine(POSTGRES_URL)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:  # not reachable: fail in CI, skip on a laptop without it
+        service_missing(f"PostgreSQL is not reachable at {POSTGRES_URL}: {exc}")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A URL whose connections use a schema of their own, dropped after the test."""
+    schema = "t_" + uuid.uuid4().hex[:12]
+    with postgres_server.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    with postgres_server.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """Storage tests run once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return "sqlite:///" + str(tmp_path / "test.db")
+    return request.getfixturevalue("postgres_url")
+
+
+def make_app(data_dir, upstream_url, database_url=None, **overrides):
+    config = {"DATA_DIR": str(data_dir), "DATABASE_URL": database_url, "UPSTREAM_BASE_URL": upstream_url,
+              "AUTH_BASE_URL": upstream_url, "SECRET_KEY": SECRET, "USAGE_FLUSH_SECONDS": 0,
+              "LOG_LEVEL": "WARNING", **overrides}
+    app = create_app(config)
+    app.config["TESTING"] = True
+    migrate.upgrade(app.extensions["responses_proxy"].engine)
+    return app
+
+
+@pytest.fixture
+def app(tmp_path, upstream):
+    app = make_app(tmp_path, upstream.base_url)
+    yield app
+    app.extensions["responses_proxy"].engine.dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def services(app):
+    return app.extensions["responses_proxy"]
+
+
+@pytest.fixture
+def api_key(services):
+    return key_store.create(services.engine, "test")["key"]
+
+
+@pytest.fixture
+def account(services):
+    row, _ = upsert(services.engine, services.cipher, parse_auth_json(json.dumps(auth_json()).encode()))
+    return row
+
+
+@pytest.fixture
+def auth(api_key):
+    return {"Authorization": f"Bearer {api_key}"}
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Gateway:
+    """A real gunicorn (gevent workers) serving wsgi:app on a free port."""
+
+    def __init__(self, data_dir, upstream_url, env=None, workers=2):
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "RESPONSES_PROXY_DATA_DIR": str(data_dir),
+            "RESPONSES_PROXY_UPSTREAM_BASE_URL": upstream_url,
+            "RESPONSES_PROXY_AUTH_BASE_URL": upstream_url,
+            "RESPONSES_PROXY_SECRET_KEY": SECRET,
+            "RESPONSES_PROXY_WORKERS": str(workers),
+            "RESPONSES_PROXY_USAGE_FLUSH_SECONDS": "0.1",
+            "RESPONSES_PROXY_ACCESS_LOG": "off",
+            **(env or {}),
+        }
+        self.log_path = os.path.join(str(data_dir), "gunicorn.log")
+        self.process = None
+
+    def start(self):
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "etc/gunicorn.conf.py", "-b", f"127.0.0.1:{self.port}",
+             "wsgi:app"], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited: {self.log()}")
+            try:
+                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"gunicorn did not start: {self.log()}")
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log(self):
+        with open(self.log_path, "rb") as handle:
+            return handle.read().decode("utf-8", "replace")[-5000:]
+
+    def app(self):
+        """An app on the same database and secret, for setting up keys and accounts."""
+        return make_app(self.data_dir, self.env["RESPONSES_PROXY_UPSTREAM_BASE_URL"],
+                        self.env.get("RESPONSES_PROXY_DATABASE_URL"))
+
+    def create_key(self, allowed_models=None):
+        app = self.app()
+        try:
+            return key_store.create(app.extensions["responses_proxy"].engine, "e2e", allowed_models)["key"]
+        finally:
+            app.extensions["responses_proxy"].engine.dispose()
+
+    def import_account(self, **kwargs):
+        app = self.app()
+        services = app.extensions["responses_proxy"]
+        try:
+            return upsert(services.engine, services.cipher,
+                          parse_auth_json(json.dumps(auth_json(**kwargs)).encode()))[0]
+        finally:
+            services.engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def gateway(fake_upstream, tmp_path_factory):
+    """gunicorn with two gevent workers, one account and a 1 s keepalive, for a whole module."""
+    server = Gateway(tmp_path_factory.mktemp("gateway"), fake_upstream.base_url,
+                     env={"RESPONSES_PROXY_KEEPALIVE_SECONDS": "1"})
+    server.start()
+    server.import_account()
+    server.key = server.create_key()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def e2e(gateway, upstream):
+    """The module's gateway with a freshly reset fake upstream."""
+    return gateway
+
+
+def unique():
+    return secrets.token_hex(4)

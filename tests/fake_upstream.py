@@ -1,0 +1,342 @@
+"""A fake Codex backend: a real HTTP server on 127.0.0.1, scripted per test.
+
+It answers ``POST /codex/responses`` with SSE event streams built like the real backend's,
+``GET /codex/models`` with a catalog, ``POST /oauth/token`` (refresh) and ``GET /wham/usage``.
+Each request takes the next behaviour scripted for its account (``chatgpt-account-id``), else
+the next one scripted for any account, else the default (a short text answer). Every request
+is recorded, and so is every stream the client closed before it ended.
+"""
+
+import base64
+import collections
+import itertools
+import json
+import select
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+MODELS = ["gpt-5.2", "gpt-5.2-codex", "gpt-5.1-codex", "gpt-5.1-codex-mini", "gpt-4.1"]
+
+_ids = itertools.count(1)
+
+
+def new_id(prefix):
+    return f"{prefix}_{next(_ids):06d}"
+
+
+def response_object(response_id, model, status="in_progress", output=None, usage=None, **extra):
+    return {"id": response_id, "object": "response", "created_at": int(time.time()), "status": status,
+            "model": model, "output": output or [], "usage": usage, "error": None, "incomplete_details": None,
+            **extra}
+
+
+USAGE = {"input_tokens": 12, "input_tokens_details": {"cached_tokens": 4}, "output_tokens": 7,
+         "output_tokens_details": {"reasoning_tokens": 2}, "total_tokens": 19}
+
+
+class Script:
+    """Builds the event list of one answer; ``events()`` returns ``[(name, payload), ...]``."""
+
+    def __init__(self, model="gpt-5.2"):
+        self.model = model
+        self.response_id = new_id("resp")
+        self.items = []
+        self._events = []
+
+    def _add(self, name, **payload):
+        self._events.append((name, {"type": name, **payload}))
+
+    def start(self):
+        self._add("response.created", response=response_object(self.response_id, self.model))
+        self._add("response.in_progress", response=response_object(self.response_id, self.model))
+        return self
+
+    def reasoning(self, summary="Thinking it over."):
+        index = len(self.items)
+        item = {"id": new_id("rs"), "type": "reasoning", "summary": [{"type": "summary_text", "text": summary}],
+                "content": None, "encrypted_content": "gAAAAB-opaque"}
+        self._add("response.output_item.added", output_index=index, item={**item, "summary": []})
+        self._add("response.output_item.done", output_index=index, item=item)
+        self.items.append(item)
+        return self
+
+    def message(self, deltas, kind="output_text"):
+        """An assistant message streamed as ``deltas`` (``kind``: output_text or refusal)."""
+        index = len(self.items)
+        item_id = new_id("msg")
+        text = "".join(deltas)
+        part = {"type": "output_text", "text": text, "annotations": []} if kind == "output_text" else {
+            "type": "refusal", "refusal": text}
+        empty = {**part, **({"text": ""} if kind == "output_text" else {"refusal": ""})}
+        self._add("response.output_item.added", output_index=index,
+                  item={"id": item_id, "type": "message", "role": "assistant", "status": "in_progress",
+                        "content": []})
+        self._add("response.content_part.added", item_id=item_id, output_index=index, content_index=0, part=empty)
+        for delta in deltas:
+            self._add(f"response.{kind}.delta", item_id=item_id, output_index=index, content_index=0, delta=delta)
+        if kind == "output_text":
+            self._add("response.output_text.done", item_id=item_id, output_index=index, content_index=0, text=text)
+        else:
+            self._add("response.refusal.done", item_id=item_id, output_index=index, content_index=0, refusal=text)
+        self._add("response.content_part.done", item_id=item_id, output_index=index, content_index=0, part=part)
+        item = {"id": item_id, "type": "message", "role": "assistant", "status": "completed", "content": [part]}
+        self._add("response.output_item.done", output_index=index, item=item)
+        self.items.append(item)
+        return self
+
+    def function_call(self, name, argument_chunks, call_id=None):
+        index = len(self.items)
+        item_id = new_id("fc")
+        call_id = call_id or new_id("call")
+        arguments = "".join(argument_chunks)
+        self._add("response.output_item.added", output_index=index,
+                  item={"id": item_id, "type": "function_call", "status": "in_progress", "name": name,
+                        "call_id": call_id, "arguments": ""})
+        for chunk in argument_chunks:
+            self._add("response.function_call_arguments.delta", item_id=item_id, output_index=index, delta=chunk)
+        self._add("response.function_call_arguments.done", item_id=item_id, output_index=index,
+                  arguments=arguments)
+        item = {"id": item_id, "type": "function_call", "status": "completed", "name": name, "call_id": call_id,
+                "arguments": arguments}
+        self._add("response.output_item.done", output_index=index, item=item)
+        self.items.append(item)
+        return self
+
+    def completed(self, empty_output=False, usage=USAGE):
+        output = [] if empty_output else self.items
+        self._add("response.completed",
+                  response=response_object(self.response_id, self.model, "completed", output, usage))
+        return self
+
+    def incomplete(self, reason="max_output_tokens"):
+        self._add("response.incomplete", response=response_object(
+            self.response_id, self.model, "incomplete", self.items, USAGE,
+            incomplete_details={"reason": reason}))
+        return self
+
+    def failed(self, code="server_error", message="The model failed to answer."):
+        response = response_object(self.response_id, self.model, "failed", self.items, None)
+        response["error"] = {"code": code, "message": message}
+        self._add("response.failed", response=response)
+        return self
+
+    def events(self):
+        for sequence, (_, payload) in enumerate(self._events):
+            payload["sequence_number"] = sequence
+        return list(self._events)
+
+
+def text_answer(text="Hello from the fake upstream.", model="gpt-5.2", pieces=4):
+    size = max(1, len(text) // pieces)
+    deltas = [text[i:i + size] for i in range(0, len(text), size)]
+    return Script(model).start().message(deltas).completed().events()
+
+
+def sse(events, with_names=True):
+    out = []
+    for name, payload in events:
+        data = json.dumps(payload, separators=(",", ":"))
+        out.append((f"event: {name}\n" if with_names else "") + f"data: {data}\n\n")
+    return out
+
+
+def jwt(claims):
+    def part(obj):
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}.signature"
+
+
+def auth_json(account_id="acct-fake-1", email="dev@example.com", plan="plus", expires_in=3600,
+              refresh_token="rt-1", last_refresh="2026-11-01T00:00:00Z"):
+    """A Codex CLI auth.json document for a fake account."""
+    auth = {"chatgpt_account_id": account_id, "chatgpt_plan_type": plan}
+    return {
+        "OPENAI_API_KEY": None,
+        "tokens": {
+            "id_token": jwt({"email": email, "https://api.openai.com/auth": auth}),
+            "access_token": jwt({"exp": int(time.time()) + expires_in, "https://api.openai.com/auth": auth,
+                                 "sub": account_id}),
+            "refresh_token": refresh_token,
+            "account_id": account_id,
+        },
+        "last_refresh": last_refresh,
+    }
+
+
+class FakeUpstream:
+    """Behaviours (dicts) scripted with ``push``; see ``_serve_responses`` for their keys."""
+
+    def __init__(self):
+        self.requests = []
+        self.closed_early = []  # {response_id, time} of streams whose client went away
+        self.models = list(MODELS)
+        self.models_status = 200
+        self._scripts = collections.defaultdict(collections.deque)
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._server.shutdown()
+        self._server.server_close()
+
+    def reset(self):
+        with self._lock:
+            self.requests.clear()
+            self.closed_early.clear()
+            self._scripts.clear()
+            self.models = list(MODELS)
+            self.models_status = 200
+
+    def push(self, behaviour, account=None):
+        with self._lock:
+            self._scripts[account].append(behaviour)
+
+    def response_requests(self):
+        return [request for request in self.requests if request["path"] == "/codex/responses"]
+
+    def _next(self, account):
+        with self._lock:
+            for key in (account, None):
+                if self._scripts.get(key):
+                    return self._scripts[key].popleft()
+        return None
+
+    def _handler_class(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _record(self, body):
+                entry = {"path": self.path.split("?")[0], "query": self.path.partition("?")[2],
+                         "headers": {key.lower(): value for key, value in self.headers.items()},
+                         "body": body, "time": time.time()}
+                with fake._lock:
+                    fake.requests.append(entry)
+                return entry
+
+            def _json(self, status, document, headers=None):
+                raw = json.dumps(document).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def do_GET(self):
+                entry = self._record(None)
+                if entry["path"] == "/codex/models":
+                    if fake.models_status != 200:
+                        return self._json(fake.models_status, {"detail": "unavailable"})
+                    return self._json(200, {"models": [{"slug": slug} for slug in fake.models]})
+                if entry["path"] == "/wham/usage":
+                    behaviour = fake._next(("usage", self.headers.get("chatgpt-account-id"))) or {}
+                    return self._json(behaviour.get("status", 200), behaviour.get("body", {
+                        "plan_type": "plus",
+                        "rate_limit": {"primary_window": {"used_percent": 10, "reset_at": int(time.time()) + 3600},
+                                       "secondary_window": {"used_percent": 5,
+                                                            "reset_at": int(time.time()) + 86400}}}))
+                self._json(404, {"detail": "Not Found"})
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                path = self.path.split("?")[0]
+                if path == "/oauth/token":
+                    entry = self._record(raw.decode())
+                    return self._serve_refresh(entry)
+                try:
+                    body = json.loads(raw)
+                except ValueError:
+                    body = raw.decode("utf-8", "replace")
+                self._record(body)
+                if path != "/codex/responses":
+                    return self._json(404, {"detail": "Not Found"})
+                account = self.headers.get("chatgpt-account-id")
+                behaviour = fake._next(account) or {}
+                self._serve_responses(body, behaviour)
+
+            def _serve_refresh(self, entry):
+                behaviour = fake._next("refresh") or {}
+                time.sleep(behaviour.get("delay", 0))
+                if behaviour.get("status", 200) != 200:
+                    return self._json(behaviour["status"], behaviour.get("body", {"error": "invalid_grant"}))
+                form = dict(pair.split("=", 1) for pair in entry["body"].split("&") if "=" in pair)
+                account = behaviour.get("account_id", "acct-fake-1")
+                fresh = auth_json(account_id=account, refresh_token=form.get("refresh_token", "rt") + "-next")
+                self._json(200, {"id_token": fresh["tokens"]["id_token"],
+                                 "access_token": fresh["tokens"]["access_token"],
+                                 "refresh_token": fresh["tokens"]["refresh_token"]})
+
+            def _serve_responses(self, body, behaviour):
+                """Behaviour keys: ``status`` + ``body`` (an error before the stream), ``events``
+                (default: a text answer), ``delay`` (seconds between events), ``stall`` (seconds
+                to wait before the event with index ``stall_at``), ``cut_after`` (close the
+                connection after that many events), ``header_delay`` (seconds before headers),
+                ``names`` (False: no ``event:`` lines), ``crlf`` (CRLF line endings)."""
+                time.sleep(behaviour.get("header_delay", 0))
+                status = behaviour.get("status", 200)
+                if status != 200:
+                    return self._json(status, behaviour.get("body", {"error": {"message": "failure"}}),
+                                      behaviour.get("headers"))
+                model = body.get("model", "gpt-5.2") if isinstance(body, dict) else "gpt-5.2"
+                events = behaviour.get("events") or text_answer(model=model)
+                frames = sse(events, behaviour.get("names", True))
+                if behaviour.get("crlf"):
+                    frames = [frame.replace("\n", "\r\n") for frame in frames]
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                response_id = events[0][1].get("response", {}).get("id") if events else None
+                try:
+                    for index, frame in enumerate(frames):
+                        if index == behaviour.get("cut_after"):
+                            self.connection.shutdown(socket.SHUT_RDWR)
+                            self.close_connection = True
+                            return
+                        if index == behaviour.get("stall_at"):
+                            self._wait(behaviour.get("stall", 0))
+                        elif index and behaviour.get("delay"):
+                            self._wait(behaviour["delay"])
+                        data = frame.encode()
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                        self.wfile.flush()
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    with fake._lock:
+                        fake.closed_early.append({"response_id": response_id, "time": time.time()})
+                    self.close_connection = True
+
+            def _wait(self, seconds):
+                """Sleep, but notice at once a client that closes the connection meanwhile."""
+                deadline = time.monotonic() + seconds
+                while (left := deadline - time.monotonic()) > 0:
+                    readable, _, _ = select.select([self.connection], [], [], min(left, 0.05))
+                    if readable:
+                        try:
+                            closed = self.connection.recv(1, socket.MSG_PEEK) == b""
+                        except OSError:
+                            closed = True
+                        if closed:
+                            raise BrokenPipeError("client closed the connection")
+                        time.sleep(min(left, 0.05))
+
+        return Handler
