@@ -51,7 +51,14 @@ def on_starting(server):
     subprocess.run([sys.executable, "-m", "responses_proxy.store.migrate"], check=True)
 
 
+def post_worker_init(worker):
+    services = getattr(worker.wsgi, "extensions", {}).get("responses_proxy")
+    if services is not None:
+        services.pool.start_maintenance()
+
+
 def worker_exit(server, worker):
     services = getattr(worker.wsgi, "extensions", {}).get("responses_proxy")
     if services is not None:
         services.recorder.flush()
+        services.pool.close()

@@ -22,7 +22,7 @@ class Services:
         self.cipher = cipher_for(config)
         self.client = UpstreamClient(config)
         self.recorder = UsageRecorder(self.engine, config["USAGE_FLUSH_SECONDS"])
-        self.pool = AccountPool(self.engine, self.cipher)
+        self.pool = AccountPool(self.engine, self.cipher, self.client, config)
         self.catalog = Catalog(self.client, self.pool, config["MODELS_CACHE_SECONDS"])
         self.responses = ResponsesService(self.pool, self.client, self.catalog, self.recorder, config)
 

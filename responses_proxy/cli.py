@@ -89,41 +89,90 @@ accounts_cli = AppGroup("accounts", help="Import, list and remove the upstream C
 
 
 @accounts_cli.command("import")
-@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @json_option
-def accounts_import(path, as_json):
-    """Import a Codex CLI auth.json (re-importing an account updates its tokens)."""
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
-    except OSError as exc:
-        raise click.ClickException(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        credentials = parse_auth_json(raw)
-    except CredentialsError as exc:
-        raise click.ClickException(f"{path}: {exc}") from None
-    account, created = account_store.upsert(services().engine, services().cipher, credentials)
-    emit({**account, "created": created}, as_json,
-         f"{'imported' if created else 'updated'} {account['id']} "
-         f"({account['email'] or 'no email'}, plan {account['plan'] or 'unknown'})")
+def accounts_import(paths, as_json):
+    """Import Codex CLI auth.json files (re-importing an account updates its tokens).
+
+    Every file is checked before anything is written: one bad file imports nothing.
+    """
+    parsed = []
+    for path in paths:
+        try:
+            with open(path, "rb") as handle:
+                raw = handle.read()
+        except OSError as exc:
+            raise click.ClickException(f"cannot read {path}: {exc.strerror}") from None
+        try:
+            parsed.append(parse_auth_json(raw))
+        except CredentialsError as exc:
+            raise click.ClickException(f"{path}: {exc}") from None
+    results = []
+    for credentials in parsed:
+        account, created = account_store.upsert(services().engine, services().cipher, credentials)
+        results.append({**account, "created": created})
+    emit(results[0] if len(results) == 1 else results, as_json, "\n".join(
+        f"{'imported' if row['created'] else 'updated'} {row['id']} "
+        f"({row['email'] or 'no email'}, plan {row['plan'] or 'unknown'})" for row in results))
+
+
+def describe_state(row, now):
+    if row["status"] == account_store.ACTIVE and row["cooldown_until"] and row["cooldown_until"] > now:
+        return "cooling down until " + when(row["cooldown_until"])
+    return {"needs_relogin": "needs re-login"}.get(row["status"], row["status"])
+
+
+def describe_window(window):
+    if not isinstance(window, dict) or window.get("used_percent") is None:
+        return "-"
+    resets = f" (resets {when(window['resets_at'])})" if window.get("resets_at") else ""
+    return f"{window['used_percent']:.0f}%{resets}"
 
 
 @accounts_cli.command("list")
 @json_option
 def accounts_list(as_json):
-    """List accounts and their state."""
-    rows = account_store.list_all(services().engine)
+    """List accounts: state, recent use, plan windows, last error."""
+    engine = services().engine
     now = time.time()
-
-    def state(row):
-        if row["status"] == account_store.ACTIVE and row["cooldown_until"] and row["cooldown_until"] > now:
-            return "cooling down until " + when(row["cooldown_until"])
-        return {"needs_relogin": "needs re-login"}.get(row["status"], row["status"])
-
+    hour = usage_store.per_account(engine, now - 3600)
+    day = usage_store.per_account(engine, now - 86400)
+    rows = []
+    for row in account_store.list_all(engine):
+        requests_hour, tokens_hour = hour.get(row["id"], (0, 0))
+        requests_day, tokens_day = day.get(row["id"], (0, 0))
+        rows.append({**row, "state": describe_state(row, now),
+                     "last_hour": {"requests": requests_hour, "tokens": tokens_hour},
+                     "last_day": {"requests": requests_day, "tokens": tokens_day}})
     emit(rows, as_json, table(
-        [(row["id"], row["email"] or "-", row["plan"] or "-", state(row), when(row["access_expires_at"]),
+        [(row["id"], row["email"] or "-", row["plan"] or "-", row["state"],
+          f"{row['last_hour']['requests']}/{row['last_hour']['tokens']}",
+          f"{row['last_day']['requests']}/{row['last_day']['tokens']}",
+          describe_window((row["quota"] or {}).get("primary")), describe_window((row["quota"] or {}).get("secondary")),
           (row["last_error"] or "-")[:60]) for row in rows],
-        ("ID", "EMAIL", "PLAN", "STATUS", "TOKEN EXPIRES", "LAST ERROR")))
+        ("ID", "EMAIL", "PLAN", "STATUS", "1H REQ/TOK", "24H REQ/TOK", "PRIMARY", "SECONDARY", "LAST ERROR")))
+
+
+def set_account_status(account_id, status, as_json):
+    if not account_store.set_status(services().engine, account_id, status):
+        raise click.ClickException(f"no account with id {account_id}")
+    emit({"id": account_id, "status": status}, as_json, f"{account_id} {status}")
+
+
+@accounts_cli.command("disable")
+@click.argument("account_id")
+@json_option
+def accounts_disable(account_id, as_json):
+    """Take an account out of rotation (it keeps its tokens)."""
+    set_account_status(account_id, account_store.DISABLED, as_json)
+
+
+@accounts_cli.command("enable")
+@click.argument("account_id")
+@json_option
+def accounts_enable(account_id, as_json):
+    """Put a disabled account back into rotation."""
+    set_account_status(account_id, account_store.ACTIVE, as_json)
 
 
 @accounts_cli.command("remove")

@@ -16,6 +16,7 @@ from sqlalchemy import create_engine, text
 
 from responses_proxy import create_app
 from responses_proxy.store import keys as key_store
+from responses_proxy.store import make_engine
 from responses_proxy.store import migrate
 from responses_proxy.store.accounts import upsert
 from responses_proxy.upstream.credentials import parse_auth_json
@@ -163,9 +164,9 @@ class Gateway:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gunicorn exited: {self.log()}")
             try:
-                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
+                if requests.get(self.url + "/healthz", timeout=5).status_code == 200:
                     return self
-            except requests.ConnectionError:
+            except requests.RequestException:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"gunicorn did not start: {self.log()}")
@@ -195,14 +196,19 @@ class Gateway:
         finally:
             app.extensions["responses_proxy"].engine.dispose()
 
-    def import_account(self, **kwargs):
+    def import_account(self, document=None, **kwargs):
+        """Import an auth.json document (default: ``auth_json(**kwargs)``); returns the row."""
+        document = document or auth_json(**kwargs)
         app = self.app()
         services = app.extensions["responses_proxy"]
         try:
-            return upsert(services.engine, services.cipher,
-                          parse_auth_json(json.dumps(auth_json(**kwargs)).encode()))[0]
+            return upsert(services.engine, services.cipher, parse_auth_json(json.dumps(document).encode()))[0]
         finally:
             services.engine.dispose()
+
+    def engine(self):
+        return make_engine(self.env.get("RESPONSES_PROXY_DATABASE_URL")
+                           or "sqlite:///" + os.path.join(str(self.data_dir), "responses-proxy.db"))
 
 
 @pytest.fixture(scope="module")

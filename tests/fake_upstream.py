@@ -13,8 +13,10 @@ import itertools
 import json
 import select
 import socket
+import sys
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MODELS = ["gpt-5.2", "gpt-5.2-codex", "gpt-5.1-codex", "gpt-5.1-codex-mini", "gpt-4.1"]
@@ -158,12 +160,19 @@ def auth_json(account_id="acct-fake-1", email="dev@example.com", plan="plus", ex
         "tokens": {
             "id_token": jwt({"email": email, "https://api.openai.com/auth": auth}),
             "access_token": jwt({"exp": int(time.time()) + expires_in, "https://api.openai.com/auth": auth,
-                                 "sub": account_id}),
+                                 "sub": account_id, "jti": uuid.uuid4().hex}),
             "refresh_token": refresh_token,
             "account_id": account_id,
         },
         "last_refresh": last_refresh,
     }
+
+
+class QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        # A client closing a kept-alive connection is normal, not worth a traceback.
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
 
 
 class FakeUpstream:
@@ -174,9 +183,11 @@ class FakeUpstream:
         self.closed_early = []  # {response_id, time} of streams whose client went away
         self.models = list(MODELS)
         self.models_status = 200
+        self.rejected_tokens = set()  # access tokens answered with 401 (e.g. expired upstream)
+        self.used_refresh_tokens = set()  # refresh tokens rotate: a second use is invalid_grant
         self._scripts = collections.defaultdict(collections.deque)
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server = QuietServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -195,6 +206,8 @@ class FakeUpstream:
             self.requests.clear()
             self.closed_early.clear()
             self._scripts.clear()
+            self.rejected_tokens.clear()
+            self.used_refresh_tokens.clear()
             self.models = list(MODELS)
             self.models_status = 200
 
@@ -220,6 +233,12 @@ class FakeUpstream:
 
             def log_message(self, *args):
                 pass
+
+            def setup(self):
+                super().setup()
+                # Headers and the first event go out in separate writes: without this, Nagle's
+                # algorithm and the peer's delayed ACK add 40 ms to every answer.
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
             def _record(self, body):
                 entry = {"path": self.path.split("?")[0], "query": self.path.partition("?")[2],
@@ -269,6 +288,9 @@ class FakeUpstream:
                 if path != "/codex/responses":
                     return self._json(404, {"detail": "Not Found"})
                 account = self.headers.get("chatgpt-account-id")
+                token = (self.headers.get("Authorization") or "").partition(" ")[2]
+                if token in fake.rejected_tokens:
+                    return self._json(401, {"detail": "Could not validate your token."})
                 behaviour = fake._next(account) or {}
                 self._serve_responses(body, behaviour)
 
@@ -277,9 +299,19 @@ class FakeUpstream:
                 time.sleep(behaviour.get("delay", 0))
                 if behaviour.get("status", 200) != 200:
                     return self._json(behaviour["status"], behaviour.get("body", {"error": "invalid_grant"}))
-                form = dict(pair.split("=", 1) for pair in entry["body"].split("&") if "=" in pair)
+                try:
+                    form = json.loads(entry["body"])
+                except ValueError:
+                    form = dict(pair.split("=", 1) for pair in entry["body"].split("&") if "=" in pair)
+                used = form.get("refresh_token", "")
+                with fake._lock:
+                    reused = used in fake.used_refresh_tokens
+                    fake.used_refresh_tokens.add(used)
+                if reused:
+                    return self._json(400, {"error": "invalid_grant",
+                                            "error_description": "refresh token already used"})
                 account = behaviour.get("account_id", "acct-fake-1")
-                fresh = auth_json(account_id=account, refresh_token=form.get("refresh_token", "rt") + "-next")
+                fresh = auth_json(account_id=account, refresh_token=used + "-next")
                 self._json(200, {"id_token": fresh["tokens"]["id_token"],
                                  "access_token": fresh["tokens"]["access_token"],
                                  "refresh_token": fresh["tokens"]["refresh_token"]})

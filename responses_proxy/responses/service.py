@@ -8,6 +8,8 @@ import orjson
 from .. import relay
 from ..errors import ApiError, InvalidRequest, ModelNotAllowed, NotImplementedYet, UpstreamError, UsageLimitReached
 from ..upstream.client import UpstreamUnavailable, error_for_status, read_error_body
+from ..upstream.oauth import RefreshFailed
+from ..upstream.pool import affinity_key
 from .normalize import to_upstream
 
 log = logging.getLogger("responses_proxy.request")
@@ -22,6 +24,10 @@ class RequestRecord:
         self.row = {"created_at": time.time(), "request_id": request_id, "key_id": key_id, "model": model,
                     "stream": stream, "account_id": None, "status": 200, "error_code": None, "ttfb_ms": None}
         self.decisions = []
+        self._on_finish = []
+
+    def on_finish(self, callback):
+        self._on_finish.append(callback)
 
     def decide(self, event, **fields):
         self.decisions.append({"event": event, **fields})
@@ -34,6 +40,8 @@ class RequestRecord:
             row["ttfb_ms"] = round(ttfb * 1000, 3)
         row["duration_ms"] = round((time.perf_counter() - self.started) * 1000, 3)
         row.update(relay.usage_of(response))
+        for callback in self._on_finish:
+            callback()
         self._recorder.record(row)
         log.info("response", extra={"fields": {**row, "decisions": self.decisions}})
 
@@ -64,7 +72,8 @@ class ResponsesService:
                 raise NotImplementedYet("Conversations are not implemented yet on this gateway: "
                                         "send the whole history in 'input'.", param="conversation")
             upstream_body = orjson.dumps(to_upstream(body))
-            account, response = self.open_upstream(upstream_body, body.get("prompt_cache_key"), record)
+            affinity = affinity_key(key["id"], body)
+            response = self.open_upstream(upstream_body, affinity, body.get("prompt_cache_key"), record)
         except ApiError as exc:
             record.finish(exc.status, exc.code)
             raise
@@ -72,40 +81,86 @@ class ResponsesService:
             return self.stream(response, record, client_socket)
         return self.complete(response, record)
 
-    def open_upstream(self, body, session_id, record):
-        """Send the request to the first account that takes it.
+    def open_upstream(self, body, affinity, session_id, record):
+        """Send the request to the first account that takes it; returns the 200 response.
 
-        429, 401/403, 5xx and connection failures move on to the next account (nothing has
-        reached the client yet); any other 4xx is about the request itself and is final.
+        Nothing has reached the client yet, so a 429, a 401 that survives one token refresh,
+        a 403, a 5xx or a connection failure moves on to the next account (at most
+        ``MAX_ATTEMPTS``). Any other 4xx is about the request itself and is final.
         """
+        tried = set()
         last_error = None
-        for account in self.pool.candidates()[:self.max_attempts]:
-            record.decide("account", account=account.id)
+        while len(tried) < self.max_attempts:
             try:
-                response = self.client.open_responses(account.credentials, body, session_id)
-            except UpstreamUnavailable as exc:
-                self.pool.note_error(account, str(exc))
-                record.decide("failover", account=account.id, reason=str(exc))
-                last_error = UpstreamError(f"The upstream is unreachable: {exc}.")
-                continue
-            if response.status_code == 200:
-                record.row["account_id"] = account.id
-                return account, response
-            error = error_for_status(response.status_code, read_error_body(response), self.default_cooldown)
-            record.decide("upstream_status", account=account.id, status=response.status_code)
+                account, decision = self.pool.choose(affinity[0], tried, follow=affinity[1])
+            except ApiError:
+                if last_error is None:
+                    raise
+                break
+            tried.add(account.id)
+            record.decide(**decision)
+            if self.pool.needs_refresh(account):
+                account, error = self.refresh(account, "expiring", record, required=False)
+                if error:
+                    last_error = error
+                    continue
+            response, error, status = self.send(account, body, session_id, record)
+            if status == 401:
+                account, error = self.refresh(account, "upstream 401", record, required=True)
+                if error is None:
+                    response, error, status = self.send(account, body, session_id, record)
+            if response is not None:
+                return response
             if isinstance(error, UsageLimitReached):
                 self.pool.cool_down(account, error.extra["resets_at"], error.message)
                 record.decide("cooldown", account=account.id, until=error.extra["resets_at"])
             elif isinstance(error, UpstreamError):
                 self.pool.note_error(account, error.message)
             else:
-                record.row["account_id"] = account.id
                 raise error
             last_error = error
+            record.decide("failover", account=account.id, reason=error.code)
         if isinstance(last_error, UsageLimitReached):
             exhausted = self.pool.unavailable()
             raise exhausted if isinstance(exhausted, UsageLimitReached) else last_error
         raise last_error
+
+    def send(self, account, body, session_id, record):
+        """One attempt: (200 response, None, 200) or (None, the ApiError it means, status)."""
+        self.pool.begin(account.id)
+        try:
+            response = self.client.open_responses(account.credentials, body, session_id)
+        except UpstreamUnavailable as exc:
+            self.pool.end(account.id)
+            return None, UpstreamError(f"The upstream is unreachable: {exc}."), None
+        if response.status_code == 200:
+            record.row["account_id"] = account.id
+            record.on_finish(lambda: self.pool.end(account.id))
+            return response, None, 200
+        self.pool.end(account.id)
+        record.decide("upstream_status", account=account.id, status=response.status_code)
+        error = error_for_status(response.status_code, read_error_body(response), self.default_cooldown)
+        if not isinstance(error, (UsageLimitReached, UpstreamError)):
+            record.row["account_id"] = account.id
+        return None, error, response.status_code
+
+    def refresh(self, account, reason, record, required):
+        """(fresh account, None) or (account, the error that ends this account's attempt).
+
+        A refresh ahead of expiry that fails for a passing reason is not fatal while the
+        current token still works; after an upstream 401 it is.
+        """
+        try:
+            fresh = self.pool.refresh(account)
+        except RefreshFailed as exc:
+            record.decide("refresh_failed", account=account.id, reason=reason, error=str(exc),
+                          permanent=exc.permanent)
+            still_valid = account.access_expires_at is None or account.access_expires_at > time.time()
+            if required or exc.permanent or not still_valid:
+                return account, UpstreamError(f"The upstream account could not be refreshed: {exc}.")
+            return account, None
+        record.decide("refresh", account=account.id, reason=reason)
+        return fresh, None
 
     def stream(self, response, record, client_socket):
         def finish(sse):

@@ -4,7 +4,7 @@ import secrets
 import time
 
 import orjson
-from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 
 from .tables import accounts
 
@@ -98,4 +98,75 @@ def public(row):
     """An account as listings show it: everything but the tokens."""
     return {key: row[key] for key in (
         "id", "chatgpt_account_id", "email", "plan", "status", "cooldown_until", "access_expires_at",
-        "last_refresh", "last_error", "last_error_at", "created_at", "updated_at")}
+        "last_refresh", "last_error", "last_error_at", "quota", "quota_checked_at", "created_at", "updated_at")}
+
+
+def all_rows(engine):
+    with engine.connect() as conn:
+        return conn.execute(select(accounts).order_by(accounts.c.created_at)).mappings().all()
+
+
+def read(engine, account_id):
+    with engine.connect() as conn:
+        return conn.execute(select(accounts).where(accounts.c.id == account_id)).mappings().first()
+
+
+def version(engine):
+    """Changes whenever any account row does: (count, newest updated_at)."""
+    with engine.connect() as conn:
+        return tuple(conn.execute(select(func.count(), func.max(accounts.c.updated_at))).one())
+
+
+def set_status(engine, account_id, status):
+    with engine.begin() as conn:
+        return conn.execute(update(accounts).where(accounts.c.id == account_id).values(
+            status=status, updated_at=time.time())).rowcount == 1
+
+
+def try_lock_refresh(engine, account_id, owner, hold_seconds):
+    """Take the account's refresh lock unless another process holds a live one."""
+    now = time.time()
+    with engine.begin() as conn:
+        return conn.execute(update(accounts).where(
+            accounts.c.id == account_id,
+            or_(accounts.c.refresh_lock_until.is_(None), accounts.c.refresh_lock_until < now),
+        ).values(refresh_lock_until=now + hold_seconds, refresh_lock_owner=owner)).rowcount == 1
+
+
+def save_refreshed(engine, cipher, account_id, owner, tokens, access_expires_at):
+    """Store rotated tokens and release the lock, in one statement (all or nothing)."""
+    now = time.time()
+    with engine.begin() as conn:
+        return conn.execute(update(accounts).where(
+            accounts.c.id == account_id, accounts.c.refresh_lock_owner == owner,
+        ).values(tokens=cipher.encrypt(orjson.dumps(tokens)), access_expires_at=access_expires_at,
+                 last_refresh=now, refresh_lock_until=None, refresh_lock_owner=None, updated_at=now,
+                 last_error=None, last_error_at=None)).rowcount == 1
+
+
+def release_refresh(engine, account_id, owner, error, status=None):
+    now = time.time()
+    values = {"refresh_lock_until": None, "refresh_lock_owner": None, "updated_at": now}
+    if error:
+        values.update(last_error=error, last_error_at=now)
+    if status:
+        values["status"] = status
+    with engine.begin() as conn:
+        conn.execute(update(accounts).where(
+            accounts.c.id == account_id, accounts.c.refresh_lock_owner == owner).values(**values))
+
+
+def claim_quota_check(engine, account_id, interval):
+    """Claim the next quota poll of an account, so that one worker polls it per interval."""
+    now = time.time()
+    with engine.begin() as conn:
+        return conn.execute(update(accounts).where(
+            accounts.c.id == account_id,
+            or_(accounts.c.quota_checked_at.is_(None), accounts.c.quota_checked_at < now - interval),
+        ).values(quota_checked_at=now)).rowcount == 1
+
+
+def save_quota(engine, account_id, quota):
+    with engine.begin() as conn:
+        conn.execute(update(accounts).where(accounts.c.id == account_id).values(
+            quota=quota, updated_at=time.time()))

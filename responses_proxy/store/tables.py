@@ -38,6 +38,30 @@ accounts = Table(
     Column("last_error_at", Float, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    # Only one process refreshes an account's tokens at a time (the refresh token rotates).
+    Column("refresh_lock_until", Float, nullable=True),
+    Column("refresh_lock_owner", String(64), nullable=True),
+    # Plan windows from {base}/wham/usage: {"primary": {"used_percent", "resets_at"}, "secondary": {...}}
+    Column("quota", JSON, nullable=True),
+    Column("quota_checked_at", Float, nullable=True),
+)
+
+# prompt_cache_key (or a key derived from the conversation) -> the account that served it last.
+affinity = Table(
+    "affinity", metadata,
+    Column("cache_key", String(64), primary_key=True),  # SHA-256 hex, never the client's key itself
+    Column("account_id", String(32), nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_affinity_updated_at", "updated_at"),
+)
+
+# Requests in flight per account, as each worker last reported them.
+worker_load = Table(
+    "worker_load", metadata,
+    Column("worker_id", String(64), primary_key=True),
+    Column("account_id", String(32), primary_key=True),
+    Column("in_flight", Integer, nullable=False),
+    Column("updated_at", Float, nullable=False),
 )
 
 usage = Table(

@@ -47,3 +47,13 @@ def recent(engine, limit=100):
     with engine.connect() as conn:
         return [dict(row) for row in conn.execute(
             select(usage).order_by(usage.c.id.desc()).limit(limit)).mappings()]
+
+
+def per_account(engine, since):
+    """{account_id: (requests, total tokens)} since ``since``."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(usage.c.account_id, func.count(), func.coalesce(func.sum(usage.c.total_tokens), 0))
+            .where(usage.c.created_at >= since, usage.c.account_id.is_not(None))
+            .group_by(usage.c.account_id)).all()
+    return {account_id: (int(requests), int(tokens)) for account_id, requests, tokens in rows}

@@ -71,6 +71,18 @@ class UpstreamClient:
         except requests.RequestException as exc:
             raise UpstreamUnavailable(describe_exception(exc)) from None
 
+    def get_quota(self, credentials):
+        """The account's plan windows from {base}/wham/usage."""
+        headers = self.headers(credentials)
+        headers["Accept"] = "application/json"
+        try:
+            response = self.session.get(self.base_url + "/wham/usage", headers=headers,
+                                        timeout=(self.timeout[0], 15))
+            response.raise_for_status()
+            return response.json()
+        except (requests.RequestException, ValueError) as exc:
+            raise UpstreamUnavailable(describe_exception(exc)) from None
+
     def get_models(self, credentials, client_version):
         headers = self.headers(credentials)
         headers["Accept"] = "application/json"

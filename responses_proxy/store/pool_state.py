@@ -1,0 +1,60 @@
+"""Shared pool state: cache affinity and per-worker in-flight counts."""
+
+import time
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from .tables import affinity, worker_load
+
+
+def _upsert(conn, table, rows, keys, updates):
+    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    statement = insert(table)
+    conn.execute(statement.on_conflict_do_update(
+        index_elements=keys, set_={column: statement.excluded[column] for column in updates}), rows)
+
+
+def affinity_get(engine, cache_key, not_before):
+    with engine.connect() as conn:
+        return conn.execute(select(affinity.c.account_id).where(
+            affinity.c.cache_key == cache_key, affinity.c.updated_at >= not_before)).scalar()
+
+
+def affinity_put(engine, rows):
+    """rows: [{"cache_key", "account_id", "updated_at"}]"""
+    if rows:
+        with engine.begin() as conn:
+            _upsert(conn, affinity, rows, ["cache_key"], ["account_id", "updated_at"])
+
+
+def affinity_prune(engine, older_than):
+    with engine.begin() as conn:
+        return conn.execute(delete(affinity).where(affinity.c.updated_at < older_than)).rowcount
+
+
+def report_load(engine, worker_id, counts):
+    """Replace this worker's in-flight counts (only non-zero ones are kept)."""
+    now = time.time()
+    with engine.begin() as conn:
+        conn.execute(delete(worker_load).where(worker_load.c.worker_id == worker_id))
+        rows = [{"worker_id": worker_id, "account_id": account_id, "in_flight": count, "updated_at": now}
+                for account_id, count in counts.items() if count > 0]
+        if rows:
+            conn.execute(worker_load.insert(), rows)
+
+
+def load_totals(engine, exclude_worker, fresh_after):
+    """In-flight requests per account over the other live workers."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(worker_load.c.account_id, func.sum(worker_load.c.in_flight))
+            .where(worker_load.c.worker_id != exclude_worker, worker_load.c.updated_at >= fresh_after)
+            .group_by(worker_load.c.account_id)).all()
+    return {account_id: int(total) for account_id, total in rows}
+
+
+def clear_load(engine, worker_id):
+    with engine.begin() as conn:
+        conn.execute(delete(worker_load).where(worker_load.c.worker_id == worker_id))
