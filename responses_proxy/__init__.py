@@ -11,6 +11,7 @@ class Services:
 
     def __init__(self, config):
         from .catalog.service import Catalog
+        from .conversations.service import ConversationService
         from .crypto import cipher_for
         from .responses.service import ResponsesService
         from .store import make_engine
@@ -24,7 +25,9 @@ class Services:
         self.recorder = UsageRecorder(self.engine, config["USAGE_FLUSH_SECONDS"])
         self.pool = AccountPool(self.engine, self.cipher, self.client, config)
         self.catalog = Catalog(self.client, self.pool, config["MODELS_CACHE_SECONDS"])
-        self.responses = ResponsesService(self.pool, self.client, self.catalog, self.recorder, config)
+        self.conversations = ConversationService(self.engine, config)
+        self.responses = ResponsesService(self.pool, self.client, self.catalog, self.recorder, self.conversations,
+                                          config)
 
 
 def create_app(config=None):
@@ -49,11 +52,13 @@ def configure_logging(app):
 def register_blueprints(app):
     from . import observability
     from .catalog.views import bp as catalog_bp
+    from .conversations.views import bp as conversations_bp
     from .responses.views import bp as responses_bp
 
     observability.init_app(app)
     app.register_blueprint(responses_bp)
     app.register_blueprint(catalog_bp)
+    app.register_blueprint(conversations_bp)
 
 
 def register_cli(app):

@@ -7,10 +7,12 @@ from datetime import datetime, timezone
 import click
 import orjson
 from flask import current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
+from sqlalchemy.engine import make_url
 
 from .config import PREFIX, SETTINGS
 from .store import accounts as account_store
+from .store import conversations as conversation_store
 from .store import keys as key_store
 from .store import migrate
 from .store import usage as usage_store
@@ -196,6 +198,7 @@ def parse_since(value):
 
 
 @click.command("usage")
+@with_appcontext
 @click.option("--since", default="24h", show_default=True, help="Window: 30m, 24h, 7d...")
 @click.option("--by", "group", type=click.Choice(["key", "account", "model"]), default="key", show_default=True)
 @json_option
@@ -210,6 +213,30 @@ def usage_report(since, group, as_json):
         (group.upper(), "REQUESTS", "ERRORS", "INPUT", "CACHED", "OUTPUT", "REASONING", "AVG TTFB MS")))
 
 
+conversations_cli = AppGroup("conversations", help="Delete stored conversations.")
+
+
+@conversations_cli.command("purge")
+@click.option("--key", "key_id", required=True, help="The API key id whose conversations are deleted.")
+@json_option
+def conversations_purge(key_id, as_json):
+    """Delete every conversation of one API key."""
+    deleted = conversation_store.purge_key(services().engine, key_id)
+    emit({"key_id": key_id, "deleted": deleted}, as_json, f"deleted {deleted} conversations of {key_id}")
+
+
+@conversations_cli.command("prune")
+@click.option("--days", type=float, default=None,
+              help="Idle days to keep (default: RESPONSES_PROXY_CONVERSATION_RETENTION_DAYS).")
+@json_option
+def conversations_prune(days, as_json):
+    """Delete conversations idle for longer than the retention period (for cron)."""
+    days = current_app.config["CONVERSATION_RETENTION_DAYS"] if days is None else days
+    deleted = conversation_store.prune(services().engine, time.time() - days * 86400)
+    emit({"retention_days": days, "deleted": deleted}, as_json,
+         f"deleted {deleted} conversations idle for more than {days:g} days")
+
+
 db_cli = AppGroup("db", help="Database schema.")
 
 
@@ -221,16 +248,21 @@ def db_upgrade():
 
 
 @click.command("settings")
+@with_appcontext
 @json_option
 def settings(as_json):
     """Show every RESPONSES_PROXY_* setting and its effective value."""
     values = {}
     for setting in SETTINGS:
         value = current_app.config[setting.name]
-        values[PREFIX + setting.name] = "(set)" if setting.name == "SECRET_KEY" and value else value
+        if setting.name == "SECRET_KEY" and value:
+            value = "(set)"
+        elif setting.name == "DATABASE_URL":
+            value = make_url(value).render_as_string(hide_password=True)
+        values[PREFIX + setting.name] = value
     emit(values, as_json, "\n".join(f"{name}={'' if value is None else value}" for name, value in values.items()))
 
 
 def register(app):
-    for command in (keys_cli, accounts_cli, usage_report, db_cli, settings):
+    for command in (keys_cli, accounts_cli, conversations_cli, usage_report, db_cli, settings):
         app.cli.add_command(command)

@@ -17,6 +17,7 @@ from .errors import UpstreamError
 from .upstream.sse import SSEParser
 
 CREATED = b"response.created"
+ITEM_ADDED = b"response.output_item.added"
 ITEM_DONE = b"response.output_item.done"
 TERMINAL = frozenset((b"response.completed", b"response.incomplete", b"response.failed", b"error"))
 KEEPALIVE = b": keepalive\n\n"
@@ -51,12 +52,15 @@ def upstream_batches(response):
 class Tracker:
     """Watches the events going by: response id, terminal event, usage; frames them as SSE."""
 
-    def __init__(self, collect_items=False):
+    def __init__(self, collect_items=False, strip_encrypted=False):
         self.created = None
         self.terminal_name = None
         self.terminal = None
         self.count = 0
         self.items = [] if collect_items else None
+        # The gateway asked for encrypted reasoning for its own use (conversations); a client
+        # that did not ask for it does not get it.
+        self.strip_encrypted = strip_encrypted
 
     def observe(self, events):
         """Track a batch of events and return the list of (name, data) actually to relay."""
@@ -67,6 +71,8 @@ class Tracker:
             if name in TERMINAL:
                 self.terminal_name = name
                 self.terminal = loads(data)
+                if self.strip_encrypted and b"encrypted_content" in data:
+                    events[index] = (name, orjson.dumps(without_encrypted(self.terminal)))
                 self.count += index + 1
                 return events[:index + 1]
             if name == CREATED:
@@ -75,8 +81,18 @@ class Tracker:
                 item = loads(data)
                 if isinstance(item, dict):
                     self.items.append(item)
+            if self.strip_encrypted and (name == ITEM_DONE or name == ITEM_ADDED) and b"encrypted_content" in data:
+                events[index] = (name, orjson.dumps(without_encrypted(loads(data))))
         self.count += len(events)
         return events
+
+    def output_items(self):
+        """The output of the finished response (from the terminal event, else the done items)."""
+        response = self.final_response() or {}
+        if response.get("output"):
+            return response["output"]
+        items = sorted(self.items or (), key=lambda event: event.get("output_index", 0))
+        return [event["item"] for event in items if isinstance(event.get("item"), dict)]
 
     @property
     def response_id(self):
@@ -113,6 +129,15 @@ class Tracker:
         self.terminal = payload
         self.count += 1
         return b"response.failed", orjson.dumps(payload)
+
+
+def without_encrypted(value):
+    """A copy of an event or response without the ``encrypted_content`` of reasoning items."""
+    if isinstance(value, dict):
+        return {key: without_encrypted(item) for key, item in value.items() if key != "encrypted_content"}
+    if isinstance(value, list):
+        return [without_encrypted(item) for item in value]
+    return value
 
 
 def event_type(data):
@@ -163,10 +188,12 @@ class SSERelay:
     as timeout. ``finish(relay)`` is called exactly once when the relay ends, however it ends.
     """
 
-    def __init__(self, response, keepalive, finish, client_socket=None, started=None):
+    def __init__(self, response, keepalive, finish, client_socket=None, started=None, tracker=None,
+                 on_progress=None):
         self.response = response
         self.keepalive = keepalive or None
-        self.tracker = Tracker()
+        self.tracker = tracker or Tracker()
+        self.on_progress = on_progress
         self.finish = finish
         self.ttfb = None
         self.started = time.perf_counter() if started is None else started
@@ -239,6 +266,8 @@ class SSERelay:
                     out = frame(self.tracker.observe(item))
                 if self.ttfb is None:
                     self.ttfb = time.perf_counter() - self.started
+                if self.on_progress is not None:
+                    self.on_progress()
                 yield out
                 if self.tracker.terminal_name is not None:
                     return
@@ -297,16 +326,18 @@ class SSERelay:
         return gone
 
 
-def fold(response, finish=None):
+def fold(response, tracker=None, on_progress=None):
     """Read a whole upstream stream and return (tracker, response object).
 
     The object comes from the terminal event; if its ``output`` is empty it is rebuilt from the
     ``response.output_item.done`` items, which the backend sends that way.
     """
-    tracker = Tracker(collect_items=True)
+    tracker = tracker or Tracker(collect_items=True)
     try:
         for batch in upstream_batches(response):
             tracker.observe(batch)
+            if on_progress is not None:
+                on_progress()
             if tracker.terminal_name is not None:
                 break
     except StreamFailed as exc:
@@ -323,7 +354,5 @@ def fold(response, finish=None):
     result = tracker.final_response()
     if result is None:
         raise UpstreamError("The upstream sent a malformed final event.")
-    if not result.get("output") and tracker.items:
-        items = sorted(tracker.items, key=lambda event: event.get("output_index", 0))
-        result["output"] = [event["item"] for event in items if isinstance(event.get("item"), dict)]
-    return tracker, result
+    result = dict(result, output=tracker.output_items())
+    return tracker, without_encrypted(result) if tracker.strip_encrypted else result

@@ -6,9 +6,11 @@ client fields must not break clients. Input items are checked by a plain loop in
 validator rather than nested schemas: a Codex history holds hundreds of items.
 """
 
-from marshmallow import INCLUDE, Schema, ValidationError, fields, validates_schema
+from marshmallow import ValidationError, fields, validates_schema
 
-from ..errors import InvalidRequest
+from ..conversations.service import CONVERSATION_ID
+from ..validation import (Boolean, Integer, Nested, Number, Object, Passthrough, String, StringOrArray,
+                          StringOrObject, field, load, nested_list, quoted)
 
 UNSUPPORTED_TOOL_TYPES = frozenset((
     "file_search", "code_interpreter", "computer_use", "computer_use_preview", "image_generation"))
@@ -24,79 +26,6 @@ INCLUDE_VALUES = (
     "web_search_call.action.sources",
 )
 MESSAGE_ROLES = ("user", "assistant", "system", "developer", "tool")
-
-# Marshmallow messages are phrased "expected ..." and completed with what was received.
-EXPECTED = "expected "
-MISSING = "missing"
-
-
-class Strict:
-    """Field mixin: accept exactly one JSON type (marshmallow would coerce "true" or 1)."""
-
-    json_types: tuple = ()
-
-    def _deserialize(self, value, attr, data, **kwargs):
-        if not isinstance(value, self.json_types) or (isinstance(value, bool) and bool not in self.json_types):
-            raise self.make_error("invalid")
-        return value
-
-
-def field(kind, expected, **kwargs):
-    kwargs.setdefault("allow_none", True)
-    messages = {"invalid": EXPECTED + expected, "required": MISSING, "null": EXPECTED + expected}
-    return kind(error_messages=messages, **kwargs)
-
-
-class String(Strict, fields.Raw):
-    json_types = (str,)
-
-
-class Boolean(Strict, fields.Raw):
-    json_types = (bool,)
-
-
-class Number(Strict, fields.Raw):
-    json_types = (int, float)
-
-
-class Integer(Strict, fields.Raw):
-    json_types = (int,)
-
-
-class Object(Strict, fields.Raw):
-    json_types = (dict,)
-
-
-class Array(Strict, fields.Raw):
-    json_types = (list,)
-
-
-class StringOrArray(Strict, fields.Raw):
-    json_types = (str, list)
-
-
-class StringOrObject(Strict, fields.Raw):
-    json_types = (str, dict)
-
-
-class Nested(fields.Nested):
-    def __init__(self, schema, expected, **kwargs):
-        kwargs.setdefault("allow_none", True)
-        super().__init__(schema, error_messages={"type": EXPECTED + expected, "null": EXPECTED + expected},
-                         **kwargs)
-
-
-def nested_list(schema, expected_item, **kwargs):
-    return field(fields.List, "an array", cls_or_instance=Nested(schema, expected_item, allow_none=False),
-                 **kwargs)
-
-
-class Passthrough(Schema):
-    error_messages = {"type": EXPECTED + "an object"}
-
-    class Meta:
-        unknown = INCLUDE
-
 
 class ReasoningSchema(Passthrough):
     effort = field(String, "a string")
@@ -216,8 +145,13 @@ class ResponsesRequestSchema(Passthrough):
         if data.get("truncation") is not None:
             raise ValidationError("'truncation' is not supported.", "truncation")
         conversation = data.get("conversation")
-        if isinstance(conversation, dict) and not isinstance(conversation.get("id"), str):
-            raise ValidationError("expected a string", "conversation.id")
+        if isinstance(conversation, dict):
+            if not isinstance(conversation.get("id"), str):
+                raise ValidationError("expected a string", "conversation.id")
+            conversation = conversation["id"]
+        if conversation is not None and not CONVERSATION_ID.match(conversation):
+            raise ValidationError("Invalid value for '{param}': expected 'conv_' followed by letters, digits, "
+                                  "'_' or '-'.", "conversation")
         choice = data.get("tool_choice")
         if isinstance(choice, str) and choice not in TOOL_CHOICE_MODES:
             raise ValidationError(
@@ -261,6 +195,8 @@ def check_input_items(items):
             raise ValidationError("expected a string", path + ".type")
         if kind is None and role is None:
             raise ValidationError("Each input item needs a 'type' or a 'role'.", path)
+        if kind == "message" and role is None:
+            raise ValidationError("missing", path + ".role")
         if role is not None and kind in (None, "message"):
             check_message_item(item, path)
         elif kind == "input_file":
@@ -268,6 +204,8 @@ def check_input_items(items):
         elif kind == "function_call_output":
             if not isinstance(item.get("call_id"), str):
                 raise ValidationError("A function_call_output needs the 'call_id' of its call.", path + ".call_id")
+            if isinstance(item.get("output"), list):
+                check_parts(item["output"], path + ".output")
         elif kind == "additional_tools":
             tools = item.get("tools")
             if tools is not None:
@@ -318,78 +256,11 @@ def check_part(part, path):
             path + ".file_id")
 
 
-def quoted(values):
-    return ", ".join(f"'{value}'" for value in values)
-
-
 REQUEST_SCHEMA = ResponsesRequestSchema()
 
 
 def validate_request(body):
     """Check a parsed JSON body; returns it (unchanged) or raises ``InvalidRequest``."""
-    if not isinstance(body, dict):
-        raise InvalidRequest(f"The request body must be a JSON object, but got {describe(body)}.")
-    try:
-        REQUEST_SCHEMA.load(body)
-    except ValidationError as exc:
-        param, message = first_error(exc.messages)
-        raise InvalidRequest(explain(param, message, lookup(body, param)), param=param) from None
-    return body
+    return load(REQUEST_SCHEMA, body)
 
 
-def first_error(messages, path=""):
-    """The first (param, message) of marshmallow's nested error dict."""
-    if isinstance(messages, list):
-        first = messages[0]
-        return (path or None, first) if isinstance(first, str) else first_error(first, path)
-    key, value = next(iter(messages.items()))
-    if key == "_schema":
-        return first_error(value, path)
-    if isinstance(key, int):
-        return first_error(value, f"{path}[{key}]")
-    return first_error(value, f"{path}.{key}" if path else key)
-
-
-def explain(param, message, value):
-    """The envelope's message: type errors say what came instead; rules may name ``{param}``."""
-    if message == MISSING:
-        return f"Missing required parameter: '{param}'."
-    if message.startswith(EXPECTED):
-        return f"Invalid type for '{param}': {message}, but got {describe(value)} instead."
-    return message.replace("{param}", param or "")
-
-
-_MISSING_VALUE = object()
-
-
-def lookup(body, param):
-    """The value at a param path like ``tools[2].function.name`` (for error messages)."""
-    value = body
-    if not param:
-        return value
-    for token in param.replace("[", ".[").split("."):
-        if not token:
-            continue
-        try:
-            value = value[int(token[1:-1])] if token.startswith("[") else value[token]
-        except (KeyError, IndexError, TypeError, ValueError):
-            return _MISSING_VALUE
-    return value
-
-
-def describe(value):
-    if value is _MISSING_VALUE:
-        return "nothing"
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"

@@ -6,7 +6,8 @@ import time
 import orjson
 
 from .. import relay
-from ..errors import ApiError, InvalidRequest, ModelNotAllowed, NotImplementedYet, UpstreamError, UsageLimitReached
+from ..conversations.service import conversation_id_of
+from ..errors import ApiError, InvalidRequest, ModelNotAllowed, UpstreamError, UsageLimitReached
 from ..upstream.client import UpstreamUnavailable, error_for_status, read_error_body
 from ..upstream.oauth import RefreshFailed
 from ..upstream.pool import affinity_key
@@ -47,8 +48,9 @@ class RequestRecord:
 
 
 class ResponsesService:
-    def __init__(self, pool, client, catalog, recorder, config):
+    def __init__(self, pool, client, catalog, recorder, conversations, config):
         self.pool = pool
+        self.conversations = conversations
         self.client = client
         self.catalog = catalog
         self.recorder = recorder
@@ -65,21 +67,39 @@ class ResponsesService:
                                  param="model", code="model_not_found")
 
     def create(self, key, body, record, client_socket=None):
-        """Serve a validated body: a response dict, or an SSE iterator (already recording)."""
+        """Serve a validated body: (response dict or SSE iterable, extra headers).
+
+        The usage row and the conversation turn are settled when the answer ends, however
+        it ends: at once for errors and JSON answers, when the stream closes for SSE.
+        """
+        turn = None
         try:
             self.check_model(key, body["model"])
+            upstream = to_upstream(body)
+            new_items = upstream["input"]
+            strip_encrypted = False
             if body.get("conversation") is not None:
-                raise NotImplementedYet("Conversations are not implemented yet on this gateway: "
-                                        "send the whole history in 'input'.", param="conversation")
-            upstream_body = orjson.dumps(to_upstream(body))
-            affinity = affinity_key(key["id"], body)
-            response = self.open_upstream(upstream_body, affinity, body.get("prompt_cache_key"), record)
-        except ApiError as exc:
-            record.finish(exc.status, exc.code)
+                turn = self.conversations.begin_turn(key, conversation_id_of(body["conversation"]), len(new_items))
+                upstream["input"] = turn.history + new_items
+                include = list(upstream.get("include") or ())
+                if "reasoning.encrypted_content" not in include:
+                    # Stored reasoning carries the model's thinking into the next turn.
+                    upstream["include"] = include + ["reasoning.encrypted_content"]
+                    strip_encrypted = True
+            response = self.open_upstream(orjson.dumps(upstream), affinity_key(key["id"], body),
+                                          body.get("prompt_cache_key"), record)
+        except BaseException as exc:
+            if turn is not None:
+                turn.abort()
+            if isinstance(exc, ApiError):
+                record.finish(exc.status, exc.code)
             raise
+        headers = {"X-Conversation-Items-Dropped": str(turn.dropped)} if turn is not None else {}
+        tracker = relay.Tracker(collect_items=turn is not None or not body.get("stream"),
+                                strip_encrypted=strip_encrypted)
         if body.get("stream"):
-            return self.stream(response, record, client_socket)
-        return self.complete(response, record)
+            return self.stream(response, record, client_socket, tracker, turn, new_items), headers
+        return self.complete(response, record, tracker, turn, new_items), headers
 
     def open_upstream(self, body, affinity, session_id, record):
         """Send the request to the first account that takes it; returns the 200 response.
@@ -162,27 +182,44 @@ class ResponsesService:
         record.decide("refresh", account=account.id, reason=reason)
         return fresh, None
 
-    def stream(self, response, record, client_socket):
+    def stream(self, response, record, client_socket, tracker, turn, new_items):
         def finish(sse):
-            tracker = sse.tracker
             if sse.client_gone and tracker.terminal_name is None:
                 record.finish(499, "client_closed", sse.ttfb)
             else:
                 record.finish(200, tracker.error_code(), sse.ttfb, tracker.final_response())
+            settle(turn, tracker, new_items)
 
-        sse = relay.SSERelay(response, self.keepalive, finish, client_socket, record.started)
+        sse = relay.SSERelay(response, self.keepalive, finish, client_socket, record.started, tracker,
+                             turn.keep_alive if turn is not None else None)
         try:
             first = sse.first(self.keepalive)
         except ApiError as exc:
+            if turn is not None:
+                turn.abort()
             record.finish(exc.status, exc.code)
             raise
         return sse.body(first)
 
-    def complete(self, response, record):
+    def complete(self, response, record, tracker, turn, new_items):
         try:
-            tracker, result = relay.fold(response)
+            tracker, result = relay.fold(response, tracker, turn.keep_alive if turn is not None else None)
         except ApiError as exc:
+            if turn is not None:
+                turn.abort()
             record.finish(exc.status, exc.code)
             raise
         record.finish(200, tracker.error_code(), time.perf_counter() - record.started, result)
+        settle(turn, tracker, new_items)
         return result
+
+
+def settle(turn, tracker, new_items):
+    """A conversation turn keeps what a finished answer added; anything else adds nothing."""
+    if turn is None:
+        return
+    if tracker.terminal_name in (b"response.completed", b"response.incomplete") and \
+            (tracker.final_response() or {}).get("status") in ("completed", "incomplete"):
+        turn.commit(new_items, tracker.output_items())
+    else:
+        turn.abort()

@@ -22,7 +22,9 @@ def create_response():
         raise
     record.row["model"] = body["model"]
     record.row["stream"] = bool(body.get("stream"))
-    result = service.create(g.api_key, body, record, request.environ.get("gunicorn.socket"))
+    result, headers = service.create(g.api_key, body, record, request.environ.get("gunicorn.socket"))
     if isinstance(result, dict):
-        return jsonify(result)
-    return Response(result, headers=SSE_HEADERS)
+        response = jsonify(result)
+        response.headers.update(headers)
+        return response
+    return Response(result, headers={**SSE_HEADERS, **headers})

@@ -4,8 +4,8 @@ Times are epoch seconds (float): cooldowns and usage windows are plain arithmeti
 same column works on SQLite and PostgreSQL.
 """
 
-from sqlalchemy import (JSON, BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table,
-                        Text)
+from sqlalchemy import (JSON, BigInteger, Boolean, Column, Float, ForeignKey, Index, Integer, MetaData, String,
+                        Table, Text)
 
 metadata = MetaData()
 
@@ -62,6 +62,38 @@ worker_load = Table(
     Column("account_id", String(32), primary_key=True),
     Column("in_flight", Integer, nullable=False),
     Column("updated_at", Float, nullable=False),
+)
+
+conversations = Table(
+    "conversations", metadata,
+    Column("id", String(100), primary_key=True),
+    Column("key_id", String(32), nullable=False),  # the API key that owns it
+    Column("metadata", JSON, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("next_position", Integer, nullable=False, server_default="0"),
+    Column("next_turn", Integer, nullable=False, server_default="0"),
+    # One turn at a time: a lease taken by the request running a turn, renewed while it streams.
+    Column("busy_until", Float, nullable=True),
+    Column("busy_owner", String(64), nullable=True),
+    Index("ix_conversations_key", "key_id"),
+    Index("ix_conversations_updated_at", "updated_at"),
+)
+
+# Each item once, in order; ``turn`` groups what one request (or one items POST) added.
+conversation_items = Table(
+    "conversation_items", metadata,
+    Column("seq", BigId, primary_key=True, autoincrement=True),
+    Column("conversation_id", String(100), ForeignKey("conversations.id", ondelete="CASCADE"), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("turn", Integer, nullable=False),
+    Column("item_id", String(100), nullable=False),
+    Column("type", String(64), nullable=True),
+    Column("call_id", String(200), nullable=True),
+    Column("data", Text, nullable=False),  # the item as JSON, exactly as sent upstream
+    Column("created_at", Float, nullable=False),
+    Index("ix_conversation_items_position", "conversation_id", "position", unique=True),
+    Index("ix_conversation_items_item", "conversation_id", "item_id"),
 )
 
 usage = Table(

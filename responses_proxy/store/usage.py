@@ -1,7 +1,6 @@
 """Usage rows: one per request, written in batches by ``UsageRecorder``."""
 
 import logging
-import time
 
 from sqlalchemy import func, insert, select
 

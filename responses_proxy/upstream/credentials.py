@@ -18,9 +18,12 @@ def jwt_claims(token):
     """The payload of a JWT, unverified: the upstream verifies it, we only read ids and expiry."""
     try:
         payload = token.split(".")[1]
-        return orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     except (IndexError, ValueError, binascii.Error, orjson.JSONDecodeError, AttributeError):
         raise CredentialsError("is not a JWT") from None
+    if not isinstance(claims, dict):
+        raise CredentialsError("is not a JWT")
+    return claims
 
 
 def parse_auth_json(raw: bytes):
@@ -48,10 +51,14 @@ def parse_auth_json(raw: bytes):
         raise CredentialsError("tokens.access_token is not a JWT") from None
 
     auth = id_claims.get(AUTH_CLAIM) or access_claims.get(AUTH_CLAIM) or {}
+    if not isinstance(auth, dict):
+        auth = {}
+    profile = access_claims.get(PROFILE_CLAIM)
+    profile = profile if isinstance(profile, dict) else {}
     account_id = tokens.get("account_id") or auth.get("chatgpt_account_id")
     if not isinstance(account_id, str) or not account_id:
         raise CredentialsError("no account id: neither tokens.account_id nor the id_token's chatgpt_account_id")
-    email = id_claims.get("email") or (access_claims.get(PROFILE_CLAIM) or {}).get("email")
+    email = id_claims.get("email") or profile.get("email")
     expires = access_claims.get("exp")
     return {
         "chatgpt_account_id": account_id,

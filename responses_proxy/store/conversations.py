@@ -1,0 +1,182 @@
+"""Conversations: ordered items, each stored once, and a one-turn-at-a-time lease."""
+
+import secrets
+import time
+
+import orjson
+from sqlalchemy import delete, func, insert, or_, select, update
+
+from .tables import conversation_items, conversations
+
+ID_PREFIXES = {"message": "msg", "function_call_output": "fco", "function_call": "fc", "reasoning": "rs"}
+
+
+def new_conversation_id():
+    return "conv_" + secrets.token_hex(24)
+
+
+def item_id_for(item):
+    existing = item.get("id")
+    if isinstance(existing, str) and 0 < len(existing) <= 100:
+        return existing
+    return f"{ID_PREFIXES.get(item.get('type'), 'item')}_{secrets.token_hex(24)}"
+
+
+def get(engine, conversation_id):
+    with engine.connect() as conn:
+        return conn.execute(select(conversations).where(conversations.c.id == conversation_id)).mappings().first()
+
+
+def create(engine, key_id, metadata=None, items=(), conversation_id=None):
+    """A new conversation owned by ``key_id`` (its initial items as turn 0); returns
+    (row, stored items), or (None, []) when the id is already taken."""
+    now = time.time()
+    conversation_id = conversation_id or new_conversation_id()
+    with engine.begin() as conn:
+        taken = conn.execute(select(conversations.c.id).where(conversations.c.id == conversation_id)).scalar()
+        if taken:
+            return None, []
+        conn.execute(insert(conversations).values(
+            id=conversation_id, key_id=key_id, metadata=metadata or {}, created_at=now, updated_at=now,
+            next_position=0, next_turn=0))
+        stored = _append(conn, conversation_id, items, now) if items else []
+        row = conn.execute(select(conversations).where(conversations.c.id == conversation_id)).mappings().one()
+    return row, stored
+
+
+def update_metadata(engine, conversation_id, metadata):
+    with engine.begin() as conn:
+        conn.execute(update(conversations).where(conversations.c.id == conversation_id).values(
+            metadata=metadata, updated_at=time.time()))
+        return conn.execute(select(conversations).where(conversations.c.id == conversation_id)).mappings().first()
+
+
+def delete_conversation(engine, conversation_id):
+    with engine.begin() as conn:
+        conn.execute(delete(conversation_items).where(conversation_items.c.conversation_id == conversation_id))
+        return conn.execute(delete(conversations).where(conversations.c.id == conversation_id)).rowcount == 1
+
+
+def acquire_turn(engine, conversation_id, owner, lease):
+    """Take the conversation's turn lease; False while another turn holds a live one."""
+    now = time.time()
+    with engine.begin() as conn:
+        return conn.execute(update(conversations).where(
+            conversations.c.id == conversation_id,
+            or_(conversations.c.busy_until.is_(None), conversations.c.busy_until < now),
+        ).values(busy_until=now + lease, busy_owner=owner)).rowcount == 1
+
+
+def renew_turn(engine, conversation_id, owner, lease):
+    with engine.begin() as conn:
+        conn.execute(update(conversations).where(
+            conversations.c.id == conversation_id, conversations.c.busy_owner == owner,
+        ).values(busy_until=time.time() + lease))
+
+
+def release_turn(engine, conversation_id, owner):
+    with engine.begin() as conn:
+        conn.execute(update(conversations).where(
+            conversations.c.id == conversation_id, conversations.c.busy_owner == owner,
+        ).values(busy_until=None, busy_owner=None))
+
+
+def append(engine, conversation_id, items, release_owner=None):
+    """Append items as one new turn, atomically; optionally release a turn lease in the same
+    transaction. Returns the stored items (with their ids)."""
+    now = time.time()
+    with engine.begin() as conn:
+        stored = _append(conn, conversation_id, items, now)
+        if release_owner:
+            conn.execute(update(conversations).where(
+                conversations.c.id == conversation_id, conversations.c.busy_owner == release_owner,
+            ).values(busy_until=None, busy_owner=None))
+    return stored
+
+
+def _append(conn, conversation_id, items, now):
+    # Reserving the positions and the turn number is one UPDATE: concurrent appends never
+    # collide, on SQLite or PostgreSQL.
+    reserved = conn.execute(update(conversations).where(conversations.c.id == conversation_id).values(
+        next_position=conversations.c.next_position + len(items), next_turn=conversations.c.next_turn + 1,
+        updated_at=now,
+    ).returning(conversations.c.next_position, conversations.c.next_turn)).one()
+    first_position = reserved[0] - len(items)
+    turn = reserved[1] - 1
+    rows = []
+    stored = []
+    for offset, item in enumerate(items):
+        item_id = item_id_for(item)
+        rows.append({
+            "conversation_id": conversation_id, "position": first_position + offset, "turn": turn,
+            "item_id": item_id, "type": item.get("type"),
+            "call_id": item.get("call_id") if isinstance(item.get("call_id"), str) else None,
+            "data": orjson.dumps(item).decode(), "created_at": now,
+        })
+        stored.append((item_id, item))
+    if rows:
+        conn.execute(insert(conversation_items), rows)
+    return stored
+
+
+def load_items(engine, conversation_id):
+    """Every item of a conversation in order, one indexed query: [(turn, type, call_id, data)]."""
+    with engine.connect() as conn:
+        return conn.execute(
+            select(conversation_items.c.turn, conversation_items.c.type, conversation_items.c.call_id,
+                   conversation_items.c.data)
+            .where(conversation_items.c.conversation_id == conversation_id)
+            .order_by(conversation_items.c.position)).all()
+
+
+def list_items(engine, conversation_id, limit, after=None, descending=True):
+    """A page of items: (rows of (item_id, data), has_more). ``after`` is an item id."""
+    columns = conversation_items.c
+    query = select(columns.item_id, columns.data).where(columns.conversation_id == conversation_id)
+    with engine.connect() as conn:
+        if after is not None:
+            position = conn.execute(select(columns.position).where(
+                columns.conversation_id == conversation_id, columns.item_id == after)).scalar()
+            if position is None:
+                return None, False
+            query = query.where(columns.position < position if descending else columns.position > position)
+        query = query.order_by(columns.position.desc() if descending else columns.position).limit(limit + 1)
+        rows = conn.execute(query).all()
+    return rows[:limit], len(rows) > limit
+
+
+def get_item(engine, conversation_id, item_id):
+    with engine.connect() as conn:
+        return conn.execute(select(conversation_items.c.data).where(
+            conversation_items.c.conversation_id == conversation_id,
+            conversation_items.c.item_id == item_id).order_by(conversation_items.c.position)).scalar()
+
+
+def delete_item(engine, conversation_id, item_id):
+    with engine.begin() as conn:
+        return conn.execute(delete(conversation_items).where(
+            conversation_items.c.conversation_id == conversation_id,
+            conversation_items.c.item_id == item_id)).rowcount > 0
+
+
+def purge_key(engine, key_id):
+    """Delete every conversation of a key; returns how many."""
+    with engine.begin() as conn:
+        owned = select(conversations.c.id).where(conversations.c.key_id == key_id)
+        conn.execute(delete(conversation_items).where(conversation_items.c.conversation_id.in_(owned)))
+        return conn.execute(delete(conversations).where(conversations.c.key_id == key_id)).rowcount
+
+
+def prune(engine, older_than):
+    """Delete conversations not updated since ``older_than``; returns how many."""
+    with engine.begin() as conn:
+        stale = select(conversations.c.id).where(conversations.c.updated_at < older_than)
+        conn.execute(delete(conversation_items).where(conversation_items.c.conversation_id.in_(stale)))
+        return conn.execute(delete(conversations).where(conversations.c.updated_at < older_than)).rowcount
+
+
+def count_items(engine, conversation_id):
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(conversation_items).where(
+            conversation_items.c.conversation_id == conversation_id)).scalar()
+
