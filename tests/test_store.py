@@ -1,0 +1,291 @@
+"""Storage on SQLite AND PostgreSQL: keys, accounts, usage, migrations, the usage recorder."""
+
+import hashlib
+import json
+import time
+
+import pytest
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, select
+
+from responses_proxy.crypto import TokenCipher, fernet_key
+from responses_proxy.store import accounts as account_store
+from responses_proxy.store import keys as key_store
+from responses_proxy.store import make_engine, migrate
+from responses_proxy.store import usage as usage_store
+from responses_proxy.store.recorder import UsageRecorder
+from responses_proxy.store.tables import accounts, api_keys, metadata, usage
+from responses_proxy.upstream.credentials import parse_auth_json
+from tests.fake_upstream import auth_json
+
+
+@pytest.fixture
+def bare_engine(database_url):
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def engine(bare_engine):
+    migrate.upgrade(bare_engine)
+    return bare_engine
+
+
+@pytest.fixture
+def cipher():
+    return TokenCipher(fernet_key("store-test-secret"))
+
+
+def credentials(**kwargs):
+    return parse_auth_json(json.dumps(auth_json(**kwargs)).encode())
+
+
+def raw_rows(engine, table):
+    with engine.connect() as conn:
+        return [dict(row) for row in conn.execute(select(table)).mappings()]
+
+
+def row_text(row):
+    """Every stored value of a row as one string, to look for secrets in it."""
+    return " ".join(str(value) for value in row.values())
+
+
+# --- migrations -----------------------------------------------------------------------------------
+
+def head_revision():
+    return ScriptDirectory.from_config(migrate.alembic_config(None)).get_current_head()
+
+
+def test_migrations_build_the_whole_schema_on_an_empty_database(bare_engine):
+    assert migrate.current(bare_engine) is None
+    assert not set(inspect(bare_engine).get_table_names()) & set(metadata.tables)
+
+    migrate.upgrade(bare_engine)
+
+    assert migrate.current(bare_engine) == head_revision()
+    inspector = inspect(bare_engine)
+    for name, table in metadata.tables.items():
+        columns = {column["name"]: column for column in inspector.get_columns(name)}
+        assert set(columns) == {column.name for column in table.columns}, f"table {name}"
+        for column in table.columns:
+            assert columns[column.name]["nullable"] == column.nullable, f"{name}.{column.name}"
+
+
+def test_migrations_are_idempotent(engine):
+    migrate.upgrade(engine)
+    assert migrate.current(engine) == head_revision()
+    assert raw_rows(engine, api_keys) == []
+
+
+# --- API keys -------------------------------------------------------------------------------------
+
+def test_key_plaintext_is_returned_once_and_only_its_sha256_is_stored(engine):
+    created = key_store.create(engine, "ci", ["gpt-5.2"])
+
+    plaintext = created["key"]
+    assert plaintext.startswith("sk-rp-") and len(plaintext) >= 40
+    assert created["id"].startswith("key_")
+    assert created["name"] == "ci"
+    assert created["prefix"] == plaintext[:10]
+    assert created["allowed_models"] == ["gpt-5.2"]
+    assert created["revoked_at"] is None
+    [row] = raw_rows(engine, api_keys)
+    assert row["key_hash"] == hashlib.sha256(plaintext.encode()).hexdigest()
+    assert plaintext not in row_text(row)
+    assert plaintext[10:] not in row_text(row)
+    listed = key_store.list_all(engine)
+    assert [entry["id"] for entry in listed] == [created["id"]]
+    assert "key" not in listed[0] and plaintext not in json.dumps(listed)
+
+
+def test_keys_are_unique(engine):
+    first, second = key_store.create(engine, "a"), key_store.create(engine, "a")
+    assert first["key"] != second["key"] and first["id"] != second["id"]
+    assert len(key_store.list_all(engine)) == 2
+
+
+def test_find_active_and_revoke(engine):
+    created = key_store.create(engine, "app", ["gpt-5.2", "gpt-4.1"])
+    other = key_store.create(engine, "other")
+
+    found = key_store.find_active(engine, created["key"])
+    assert found == {"id": created["id"], "name": "app", "allowed_models": ["gpt-5.2", "gpt-4.1"]}
+    assert key_store.find_active(engine, other["key"])["allowed_models"] is None
+    assert key_store.find_active(engine, created["key"] + "x") is None
+    assert key_store.find_active(engine, created["key"][:10]) is None
+    assert key_store.find_active(engine, "") is None
+    assert key_store.find_active(engine, hashlib.sha256(created["key"].encode()).hexdigest()) is None
+
+    assert key_store.revoke(engine, created["id"]) is True
+    assert key_store.find_active(engine, created["key"]) is None
+    assert key_store.find_active(engine, other["key"]) is not None
+    assert key_store.revoke(engine, created["id"]) is False, "already revoked"
+    assert key_store.revoke(engine, "key_does_not_exist") is False
+    revoked = {entry["id"]: entry for entry in key_store.list_all(engine)}[created["id"]]
+    assert revoked["revoked_at"] is not None and revoked["revoked_at"] <= time.time()
+
+
+# --- accounts -------------------------------------------------------------------------------------
+
+def test_upsert_creates_an_account(engine, cipher):
+    row, created = account_store.upsert(engine, cipher, credentials(account_id="acct-1", email="a@example.com",
+                                                                    plan="pro"))
+
+    assert created is True
+    assert row["id"].startswith("acct_")
+    assert (row["chatgpt_account_id"], row["email"], row["plan"], row["status"]) == (
+        "acct-1", "a@example.com", "pro", "active")
+    assert row["access_expires_at"] > time.time()
+    assert "tokens" not in row
+    assert [entry["id"] for entry in account_store.list_all(engine)] == [row["id"]]
+
+
+def test_upsert_same_chatgpt_account_updates_without_duplicating(engine, cipher):
+    first, _ = account_store.upsert(engine, cipher, credentials(account_id="acct-1", refresh_token="rt-old"))
+    fresh = credentials(account_id="acct-1", refresh_token="rt-new", email="new@example.com", plan="pro")
+
+    second, created = account_store.upsert(engine, cipher, fresh)
+
+    assert created is False
+    assert second["id"] == first["id"]
+    assert (second["email"], second["plan"]) == ("new@example.com", "pro")
+    [stored] = raw_rows(engine, accounts)
+    assert account_store.tokens(cipher, stored) == {
+        "id_token": fresh["id_token"], "access_token": fresh["access_token"], "refresh_token": "rt-new"}
+
+
+def test_reimport_brings_a_failed_account_back(engine, cipher):
+    row, _ = account_store.upsert(engine, cipher, credentials(account_id="acct-1"))
+    account_store.set_status(engine, row["id"], account_store.NEEDS_RELOGIN)
+    account_store.record_error(engine, row["id"], "refresh failed")
+
+    again, _ = account_store.upsert(engine, cipher, credentials(account_id="acct-1"))
+
+    assert (again["status"], again["last_error"]) == ("active", None)
+
+
+def test_different_chatgpt_accounts_are_different_rows(engine, cipher):
+    first, _ = account_store.upsert(engine, cipher, credentials(account_id="acct-1"))
+    second, created = account_store.upsert(engine, cipher, credentials(account_id="acct-2"))
+    assert created is True and second["id"] != first["id"]
+    assert {row["chatgpt_account_id"] for row in account_store.list_all(engine)} == {"acct-1", "acct-2"}
+
+
+def test_tokens_are_encrypted_at_rest(engine, cipher):
+    imported = credentials(account_id="acct-1", refresh_token="rt-very-secret-refresh")
+    account_store.upsert(engine, cipher, imported)
+
+    [stored] = raw_rows(engine, accounts)
+    text = row_text(stored)
+    for secret in (imported["access_token"], imported["id_token"], "rt-very-secret-refresh",
+                   imported["access_token"].split(".")[1]):
+        assert secret not in text
+    assert account_store.tokens(cipher, stored)["access_token"] == imported["access_token"]
+    with pytest.raises(ValueError, match="SECRET_KEY"):
+        account_store.tokens(TokenCipher(fernet_key("another-secret")), stored)
+
+
+def test_remove_account(engine, cipher):
+    keep, _ = account_store.upsert(engine, cipher, credentials(account_id="acct-1"))
+    gone, _ = account_store.upsert(engine, cipher, credentials(account_id="acct-2"))
+
+    assert account_store.remove(engine, gone["id"]) is True
+    assert account_store.remove(engine, gone["id"]) is False
+    assert account_store.remove(engine, "acct_nope") is False
+    assert [row["id"] for row in raw_rows(engine, accounts)] == [keep["id"]]
+
+
+# --- usage ----------------------------------------------------------------------------------------
+
+def usage_row(created_at, key_id="key_a", account_id="acct_a", model="gpt-5.2", status=200, tokens=(10, 2, 5, 1),
+              ttfb_ms=100.0, error_code=None):
+    input_tokens, cached, output_tokens, reasoning = tokens
+    return {"created_at": created_at, "request_id": "req_1", "key_id": key_id, "account_id": account_id,
+            "model": model, "stream": True, "status": status, "input_tokens": input_tokens,
+            "cached_tokens": cached, "output_tokens": output_tokens, "reasoning_tokens": reasoning,
+            "total_tokens": input_tokens + output_tokens, "ttfb_ms": ttfb_ms, "duration_ms": 250.0,
+            "error_code": error_code, "ignored_extra_field": "x"}
+
+
+def test_usage_insert_many_and_summary(engine):
+    now = time.time()
+    usage_store.insert_many(engine, [
+        usage_row(now - 10, key_id="key_a", tokens=(10, 2, 5, 1), ttfb_ms=100.0),
+        usage_row(now - 20, key_id="key_a", tokens=(30, 0, 15, 3), ttfb_ms=300.0, model="gpt-4.1"),
+        usage_row(now - 30, key_id="key_a", status=429, tokens=(0, 0, 0, 0), ttfb_ms=None,
+                  error_code="usage_limit_reached", account_id=None),
+        usage_row(now - 40, key_id="key_b", tokens=(1, 1, 1, 0), ttfb_ms=50.0),
+        usage_row(now - 7200, key_id="key_b", tokens=(1000, 0, 1000, 0)),  # outside the window
+    ])
+    assert len(raw_rows(engine, usage)) == 5
+
+    by_key = {row["group"]: row for row in usage_store.summary(engine, now - 3600)}
+
+    assert set(by_key) == {"key_a", "key_b"}
+    a, b = by_key["key_a"], by_key["key_b"]
+    assert (a["requests"], a["errors"], a["input_tokens"], a["cached_tokens"], a["output_tokens"],
+            a["reasoning_tokens"], a["total_tokens"]) == (3, 1, 40, 2, 20, 4, 60)
+    assert float(a["avg_ttfb_ms"]) == pytest.approx(200.0)
+    assert (b["requests"], b["errors"], b["total_tokens"]) == (1, 0, 2)
+    assert list(by_key) == ["key_a", "key_b"], "most requests first"
+
+    by_model = {row["group"]: row["requests"] for row in usage_store.summary(engine, now - 3600, "model")}
+    assert by_model == {"gpt-5.2": 3, "gpt-4.1": 1}
+    by_account = {row["group"]: row["requests"] for row in usage_store.summary(engine, now - 3600, "account_id")}
+    assert by_account == {"acct_a": 3, None: 1}
+    assert usage_store.summary(engine, now + 1) == []
+
+
+def test_usage_insert_many_of_nothing(engine):
+    usage_store.insert_many(engine, [])
+    assert raw_rows(engine, usage) == []
+
+
+# --- UsageRecorder --------------------------------------------------------------------------------
+
+def count_usage(engine):
+    return len(raw_rows(engine, usage))
+
+
+def test_recorder_without_batching_writes_each_row_at_once(engine):
+    recorder = UsageRecorder(engine, 0)
+    recorder.record(usage_row(time.time()))
+    assert count_usage(engine) == 1
+
+
+def test_recorder_batches_until_flush(engine):
+    recorder = UsageRecorder(engine, 3600)
+    for index in range(5):
+        recorder.record(usage_row(time.time(), key_id=f"key_{index}"))
+    assert count_usage(engine) == 0, "rows wait for the batch"
+
+    recorder.flush()
+
+    assert sorted(row["key_id"] for row in raw_rows(engine, usage)) == [f"key_{index}" for index in range(5)]
+    recorder.flush()
+    assert count_usage(engine) == 5, "a second flush writes nothing twice"
+
+
+def test_recorder_flushes_by_itself_after_flush_seconds(engine):
+    recorder = UsageRecorder(engine, 0.05)
+    recorder.record(usage_row(time.time()))
+    recorder.record(usage_row(time.time()))
+    deadline = time.monotonic() + 5
+    while count_usage(engine) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert count_usage(engine) == 2
+    recorder.record(usage_row(time.time()))
+    deadline = time.monotonic() + 5
+    while count_usage(engine) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert count_usage(engine) == 3
+
+
+def test_recorder_survives_a_database_error(bare_engine):
+    """Usage is bookkeeping: a failed write is logged, never raised into the request."""
+    recorder = UsageRecorder(bare_engine, 0)  # no tables: the insert fails
+    recorder.record(usage_row(time.time()))
+    batching = UsageRecorder(bare_engine, 3600)
+    batching.record(usage_row(time.time()))
+    batching.flush()

@@ -1,0 +1,354 @@
+"""The upstream HTTP client (mocked with ``responses``), the mapping of upstream error statuses
+to what the gateway's client sees, auth.json parsing and the model catalog parser."""
+
+import base64
+import json
+import time
+
+import pytest
+import requests
+import responses
+
+from responses_proxy.catalog.service import parse_models
+from responses_proxy.config import load_config
+from responses_proxy.errors import ApiError, UpstreamError, UsageLimitReached
+from responses_proxy.upstream import client as client_module
+from responses_proxy.upstream.client import UpstreamClient, UpstreamUnavailable, error_for_status, read_error_body
+from responses_proxy.upstream.credentials import CredentialsError, parse_auth_json
+from tests.fake_upstream import auth_json, jwt
+
+BASE = "https://chatgpt.test/backend-api"
+RESPONSES_URL = BASE + "/codex/responses"
+MODELS_URL = BASE + "/codex/models"
+CREDENTIALS = {"access_token": "access-token-abc", "chatgpt_account_id": "acct-123"}
+BODY = b'{"model":"gpt-5.2","input":[],"stream":true,"store":false,"instructions":""}'
+SSE = b'event: response.created\ndata: {"type":"response.created"}\n\n'
+
+
+@pytest.fixture
+def upstream_client(tmp_path):
+    return UpstreamClient(load_config(environ={}, overrides={
+        "DATA_DIR": str(tmp_path), "UPSTREAM_BASE_URL": BASE + "/", "UPSTREAM_CONNECT_TIMEOUT": 3.0,
+        "UPSTREAM_READ_TIMEOUT": 45.0}))
+
+
+@pytest.fixture
+def mocked():
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
+        yield mock
+
+
+# --- the request ----------------------------------------------------------------------------------
+
+def test_open_responses_sends_the_codex_headers(upstream_client, mocked):
+    mocked.add(responses.POST, RESPONSES_URL, body=SSE, status=200, content_type="text/event-stream")
+
+    reply = upstream_client.open_responses(CREDENTIALS, BODY, session_id="thread-1")
+
+    assert reply.status_code == 200 and reply.content == SSE
+    [call] = mocked.calls
+    headers = call.request.headers
+    assert headers["Authorization"] == "Bearer access-token-abc"
+    assert headers["chatgpt-account-id"] == "acct-123"
+    assert headers["originator"] == "codex_cli_rs"
+    assert headers["Accept"] == "text/event-stream"
+    assert headers["Accept-Encoding"] == "identity"
+    assert headers["Content-Type"] == "application/json"
+    assert headers["session_id"] == "thread-1"
+    assert call.request.body == BODY, "the body goes out byte for byte"
+    assert call.request.req_kwargs["stream"] is True
+    assert call.request.req_kwargs["timeout"] == (3.0, 45.0)
+
+
+def test_open_responses_without_session_and_custom_originator(tmp_path, mocked):
+    client = UpstreamClient(load_config(environ={}, overrides={
+        "DATA_DIR": str(tmp_path), "UPSTREAM_BASE_URL": BASE, "ORIGINATOR": "my_gateway"}))
+    mocked.add(responses.POST, RESPONSES_URL, body=SSE, status=200)
+
+    client.open_responses(CREDENTIALS, BODY)
+
+    headers = mocked.calls[0].request.headers
+    assert headers["originator"] == "my_gateway"
+    assert "session_id" not in headers
+    assert "Cookie" not in headers
+
+
+@pytest.mark.parametrize("status", [400, 401, 429, 500, 503])
+def test_open_responses_returns_error_statuses_without_raising(upstream_client, mocked, status):
+    mocked.add(responses.POST, RESPONSES_URL, json={"detail": "nope"}, status=status)
+    reply = upstream_client.open_responses(CREDENTIALS, BODY)
+    assert reply.status_code == status
+    assert read_error_body(reply) == b'{"detail": "nope"}'
+
+
+@pytest.mark.parametrize("exception, fragment", [
+    pytest.param(requests.ConnectionError("Connection refused"), "could not connect", id="refused"),
+    pytest.param(requests.ConnectTimeout("connect timed out"), "in time", id="connect-timeout"),
+    pytest.param(requests.ReadTimeout("read timed out"), "in time", id="read-timeout"),
+    pytest.param(requests.exceptions.SSLError("bad certificate"), "connect", id="tls-error"),
+    pytest.param(requests.exceptions.ChunkedEncodingError("broken"), "upstream", id="other-request-error"),
+])
+def test_connect_errors_raise_upstream_unavailable(upstream_client, mocked, exception, fragment):
+    mocked.add(responses.POST, RESPONSES_URL, body=exception)
+    with pytest.raises(UpstreamUnavailable, match=fragment):
+        upstream_client.open_responses(CREDENTIALS, BODY)
+
+
+def test_one_session_per_process(upstream_client, monkeypatch):
+    first = upstream_client.session
+    assert upstream_client.session is first
+    monkeypatch.setattr(client_module.os, "getpid", lambda: -12345)  # as after a fork
+    assert upstream_client.session is not first
+
+
+def test_get_models(upstream_client, mocked):
+    mocked.add(responses.GET, MODELS_URL, json={"models": [{"slug": "gpt-5.2"}]})
+
+    document = upstream_client.get_models(CREDENTIALS, "0.169.0")
+
+    assert document == {"models": [{"slug": "gpt-5.2"}]}
+    request = mocked.calls[0].request
+    assert request.params == {"client_version": "0.169.0"}
+    assert request.headers["Authorization"] == "Bearer access-token-abc"
+    assert request.headers["chatgpt-account-id"] == "acct-123"
+
+
+@pytest.mark.parametrize("reply", [
+    pytest.param({"status": 500, "json": {"detail": "down"}}, id="500"),
+    pytest.param({"status": 200, "body": "<html>not json</html>"}, id="not-json"),
+    pytest.param({"body": requests.ConnectionError("refused")}, id="refused"),
+])
+def test_get_models_failures_raise_upstream_unavailable(upstream_client, mocked, reply):
+    mocked.add(responses.GET, MODELS_URL, **reply)
+    with pytest.raises(UpstreamUnavailable):
+        upstream_client.get_models(CREDENTIALS, "0.169.0")
+
+
+# --- error statuses -------------------------------------------------------------------------------
+
+def raw(document):
+    return json.dumps(document).encode()
+
+
+def check_envelope(error):
+    document = json.loads(error.response().get_data())
+    assert set(document) == {"error"}
+    assert {"message", "type", "code", "param"} <= set(document["error"])
+    return document["error"]
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_refused_credentials_are_502(status):
+    error = error_for_status(status, raw({"detail": "Could not validate your token."}), 60)
+
+    assert isinstance(error, UpstreamError)
+    assert (error.status, error.type, error.code) == (502, "upstream_error", "upstream_error")
+    assert f"HTTP {status}" in error.message
+    check_envelope(error)
+
+
+@pytest.mark.parametrize("status, body, fragment", [
+    pytest.param(500, raw({"detail": "Internal error"}), "Internal error", id="500-detail"),
+    pytest.param(502, b"<html>Bad gateway</html>", "Bad gateway", id="502-html"),
+    pytest.param(503, raw({"error": {"message": "Overloaded", "type": "server_error"}}), "Overloaded",
+                 id="503-error-object"),
+    pytest.param(504, b"", "HTTP 504", id="504-empty"),
+])
+def test_upstream_failures_are_502_never_500(status, body, fragment):
+    error = error_for_status(status, body, 60)
+
+    assert isinstance(error, UpstreamError)
+    assert (error.status, error.type, error.code) == (502, "upstream_error", "upstream_error")
+    assert f"HTTP {status}" in error.message and fragment in error.message
+    check_envelope(error)
+
+
+def test_usage_limit_with_resets_at():
+    resets_at = int(time.time()) + 600
+    error = error_for_status(429, raw({"error": {
+        "type": "usage_limit_reached", "message": "The usage limit has been reached", "plan_type": "plus",
+        "resets_at": resets_at}}), 60)
+
+    assert isinstance(error, UsageLimitReached)
+    assert (error.status, error.type, error.code) == (429, "usage_limit_reached", "usage_limit_reached")
+    body = check_envelope(error)
+    assert body["message"] == "The usage limit has been reached"
+    assert body["resets_at"] == resets_at
+    assert 599 <= body["resets_in_seconds"] <= 600
+    assert body["plan_type"] == "plus"
+    assert 599 <= int(error.response().headers["Retry-After"]) <= 600
+
+
+def test_usage_limit_with_resets_in_seconds():
+    before = time.time()
+    error = error_for_status(429, raw({"error": {"type": "usage_limit_reached", "message": "Limit",
+                                                 "resets_in_seconds": 120}}), 60)
+
+    body = check_envelope(error)
+    assert body["resets_in_seconds"] == 120
+    assert int(before) + 119 <= body["resets_at"] <= int(time.time()) + 121
+    assert error.response().headers["Retry-After"] == "120"
+
+
+@pytest.mark.parametrize("body", [
+    pytest.param(raw({"error": {"type": "usage_limit_reached", "message": "Limit"}}), id="no-reset-fields"),
+    pytest.param(raw({"error": {"type": "usage_limit_reached", "resets_at": 1000}}), id="resets-at-in-the-past"),
+    pytest.param(raw({"error": {"type": "usage_limit_reached", "resets_in_seconds": "soon"}}), id="not-a-number"),
+    pytest.param(raw({"detail": "Too many requests"}), id="detail-only"),
+    pytest.param(b"rate limited", id="plain-text"),
+    pytest.param(b"", id="empty"),
+])
+def test_usage_limit_without_reset_uses_the_default_cooldown(body):
+    before = time.time()
+    error = error_for_status(429, body, 90)
+
+    assert isinstance(error, UsageLimitReached)
+    assert (error.status, error.type, error.code) == (429, "usage_limit_reached", "usage_limit_reached")
+    envelope = check_envelope(error)
+    assert envelope["resets_in_seconds"] == 90
+    assert int(before) + 89 <= envelope["resets_at"] <= int(time.time()) + 91
+    assert error.response().headers["Retry-After"] == "90"
+    assert envelope["message"]
+
+
+@pytest.mark.parametrize("status, body, message, param, code", [
+    pytest.param(400, raw({"detail": "Unsupported parameter: 'foo'"}), "Unsupported parameter: 'foo'", None,
+                 "upstream_rejected", id="detail-string"),
+    pytest.param(400, raw({"error": {"message": "Invalid value for 'input[0].role'.", "type": "invalid_request_error",
+                                     "param": "input[0].role", "code": "invalid_value"}}),
+                 "Invalid value for 'input[0].role'.", "input[0].role", "invalid_value", id="error-object"),
+    pytest.param(400, raw({"detail": {"message": "Model not supported", "code": "model_not_supported"}}),
+                 "Model not supported", None, "model_not_supported", id="detail-object"),
+    pytest.param(400, b"Bad request: stream must be true", "Bad request: stream must be true", None,
+                 "upstream_rejected", id="plain-text"),
+    pytest.param(404, raw({"detail": "Not Found"}), "Not Found", None, "upstream_rejected", id="404"),
+    pytest.param(422, raw({"error": {"message": "Unprocessable"}}), "Unprocessable", None, "upstream_rejected",
+                 id="422"),
+])
+def test_request_refused_by_upstream_keeps_status_message_and_param(status, body, message, param, code):
+    error = error_for_status(status, body, 60)
+
+    assert isinstance(error, ApiError) and not isinstance(error, (UpstreamError, UsageLimitReached))
+    envelope = check_envelope(error)
+    assert error.status == status
+    assert envelope == {"message": message, "type": "invalid_request_error", "code": code, "param": param}
+
+
+def test_request_refused_without_a_message():
+    envelope = check_envelope(error_for_status(400, b"", 60))
+    assert envelope["message"] == "The upstream rejected the request (HTTP 400)."
+
+
+def test_read_error_body_is_bounded(upstream_client, mocked):
+    mocked.add(responses.POST, RESPONSES_URL, body=b"x" * (1024 * 1024), status=500)
+    reply = upstream_client.open_responses(CREDENTIALS, BODY)
+    data = read_error_body(reply)
+    assert 64 * 1024 <= len(data) < 1024 * 1024
+
+
+# --- auth.json ------------------------------------------------------------------------------------
+
+def encoded(document):
+    return json.dumps(document).encode()
+
+
+def test_parse_auth_json():
+    document = auth_json(account_id="acct-9", email="me@example.com", plan="pro", refresh_token="rt-9",
+                         last_refresh="2026-11-01T00:00:00Z")
+    before = time.time()
+
+    parsed = parse_auth_json(encoded(document))
+
+    assert parsed["chatgpt_account_id"] == "acct-9"
+    assert (parsed["email"], parsed["plan"]) == ("me@example.com", "pro")
+    assert (parsed["id_token"], parsed["access_token"], parsed["refresh_token"]) == (
+        document["tokens"]["id_token"], document["tokens"]["access_token"], "rt-9")
+    assert before + 3590 <= parsed["access_expires_at"] <= time.time() + 3610
+    assert parsed["last_refresh"] == 1793491200.0  # 2026-11-01T00:00:00Z
+
+
+def test_parse_auth_json_account_id_from_the_id_token():
+    document = auth_json(account_id="acct-from-claim")
+    document["tokens"].pop("account_id")
+    assert parse_auth_json(encoded(document))["chatgpt_account_id"] == "acct-from-claim"
+
+
+def test_parse_auth_json_email_from_the_access_token_profile():
+    document = auth_json()
+    document["tokens"]["id_token"] = jwt({"https://api.openai.com/auth": {"chatgpt_account_id": "acct-fake-1"}})
+    document["tokens"]["access_token"] = jwt({"exp": 2000000000,
+                                              "https://api.openai.com/profile": {"email": "p@example.com"}})
+    parsed = parse_auth_json(encoded(document))
+    assert (parsed["email"], parsed["access_expires_at"]) == ("p@example.com", 2000000000.0)
+
+
+def test_parse_auth_json_optional_fields():
+    document = auth_json(expires_in=-3600)  # an expired token is refreshed later, not refused
+    document.pop("last_refresh")
+    parsed = parse_auth_json(encoded(document))
+    assert parsed["last_refresh"] is None
+    assert parsed["access_expires_at"] < time.time()
+
+
+def with_tokens(**changes):
+    document = auth_json()
+    document["tokens"] = {**document["tokens"], **changes}
+    for name, value in changes.items():
+        if value is ...:
+            del document["tokens"][name]
+    return encoded(document)
+
+
+def b64(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+BAD_AUTH_JSON = [
+    pytest.param(b"{", "not valid JSON", id="not-json"),
+    pytest.param(b"", "not valid JSON", id="empty"),
+    pytest.param(b"[]", "JSON object", id="array"),
+    pytest.param(encoded({"OPENAI_API_KEY": "sk-abc", "tokens": None}), "API key", id="api-key-only"),
+    pytest.param(encoded({"tokens": "abc"}), "tokens", id="tokens-not-object"),
+    pytest.param(with_tokens(refresh_token=...), "tokens.refresh_token", id="no-refresh-token"),
+    pytest.param(with_tokens(access_token=...), "tokens.access_token", id="no-access-token"),
+    pytest.param(with_tokens(id_token=""), "tokens.id_token", id="empty-id-token"),
+    pytest.param(with_tokens(refresh_token=12), "tokens.refresh_token", id="refresh-token-number"),
+    pytest.param(with_tokens(access_token="opaque"), "tokens.access_token is not a JWT", id="access-no-dots"),
+    pytest.param(with_tokens(id_token="a.!!!.c"), "tokens.id_token is not a JWT", id="id-bad-base64"),
+    pytest.param(with_tokens(access_token="a." + b64(b"not json") + ".c"), "tokens.access_token is not a JWT",
+                 id="payload-not-json"),
+    pytest.param(with_tokens(access_token="a." + b64(b"[1, 2]") + ".c"), "tokens.access_token is not a JWT",
+                 id="payload-json-array"),
+    pytest.param(with_tokens(id_token="a." + b64(b"null") + ".c"), "tokens.id_token is not a JWT",
+                 id="payload-json-null"),
+    pytest.param(with_tokens(account_id=None, id_token=jwt({}), access_token=jwt({})), "account id",
+                 id="no-account-id"),
+    pytest.param(encoded({**auth_json(), "last_refresh": "last tuesday"}), "last_refresh", id="bad-last-refresh"),
+]
+
+
+@pytest.mark.parametrize("document, fragment", BAD_AUTH_JSON)
+def test_parse_auth_json_refuses(document, fragment):
+    with pytest.raises(CredentialsError) as caught:
+        parse_auth_json(document)
+    assert fragment in str(caught.value)
+
+
+# --- the model catalog ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("document, slugs", [
+    pytest.param({"models": [{"slug": "gpt-5.2"}, {"slug": "gpt-5.2-codex", "display_name": "x"}]},
+                 ["gpt-5.2", "gpt-5.2-codex"], id="codex-catalog"),
+    pytest.param({"object": "list", "data": [{"id": "gpt-4.1"}, {"id": "gpt-5"}]}, ["gpt-4.1", "gpt-5"],
+                 id="openai-list"),
+    pytest.param({"models": ["a", "b"]}, ["a", "b"], id="plain-strings"),
+    pytest.param({"models": [{"slug": ""}, {"slug": 5}, None, 7, {"name": "x"}, {"id": "kept"}]}, ["kept"],
+                 id="bad-entries-skipped"),
+    pytest.param({"models": None, "data": [{"id": "d"}]}, ["d"], id="falls-back-to-data"),
+    pytest.param({"models": "gpt-5.2"}, [], id="models-not-a-list"),
+    pytest.param({}, [], id="empty-object"),
+    pytest.param([{"slug": "gpt-5.2"}], [], id="not-an-object"),
+    pytest.param(None, [], id="null"),
+])
+def test_parse_models(document, slugs):
+    assert parse_models(document) == slugs
