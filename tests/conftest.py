@@ -190,9 +190,13 @@ class Gateway:
                         self.env.get("RESPONSES_PROXY_DATABASE_URL"))
 
     def create_key(self, allowed_models=None):
+        return self.create_key_row(allowed_models)["key"]
+
+    def create_key_row(self, allowed_models=None):
+        """A new API key: its row, with the plaintext ``key``."""
         app = self.app()
         try:
-            return key_store.create(app.extensions["responses_proxy"].engine, "e2e", allowed_models)["key"]
+            return key_store.create(app.extensions["responses_proxy"].engine, "e2e", allowed_models)
         finally:
             app.extensions["responses_proxy"].engine.dispose()
 

@@ -218,9 +218,10 @@ class FakeUpstream:
     def response_requests(self):
         return [request for request in self.requests if request["path"] == "/codex/responses"]
 
-    def _next(self, account):
+    def _next(self, account, shared=True):
+        """The next behaviour scripted for ``account``, else (``shared``) for any account."""
         with self._lock:
-            for key in (account, None):
+            for key in (account, None) if shared else (account,):
                 if self._scripts.get(key):
                     return self._scripts[key].popleft()
         return None
@@ -265,7 +266,7 @@ class FakeUpstream:
                         return self._json(fake.models_status, {"detail": "unavailable"})
                     return self._json(200, {"models": [{"slug": slug} for slug in fake.models]})
                 if entry["path"] == "/wham/usage":
-                    behaviour = fake._next(("usage", self.headers.get("chatgpt-account-id"))) or {}
+                    behaviour = fake._next(("usage", self.headers.get("chatgpt-account-id")), shared=False) or {}
                     return self._json(behaviour.get("status", 200), behaviour.get("body", {
                         "plan_type": "plus",
                         "rate_limit": {"primary_window": {"used_percent": 10, "reset_at": int(time.time()) + 3600},
@@ -295,7 +296,7 @@ class FakeUpstream:
                 self._serve_responses(body, behaviour)
 
             def _serve_refresh(self, entry):
-                behaviour = fake._next("refresh") or {}
+                behaviour = fake._next("refresh", shared=False) or {}
                 time.sleep(behaviour.get("delay", 0))
                 if behaviour.get("status", 200) != 200:
                     return self._json(behaviour["status"], behaviour.get("body", {"error": "invalid_grant"}))

@@ -1,6 +1,6 @@
 """Request bodies and query strings of the Conversations API."""
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validates_schema
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from ..responses.schemas import check_input_items
 from ..validation import Array, Object, Passthrough, String, field, quoted
@@ -67,9 +67,9 @@ class ListItemsQuery(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    limit = fields.Integer(load_default=20, validate=lambda value: 1 <= value <= 100,
-                           error_messages={"invalid": "expected an integer",
-                                           "validator_failed": "Invalid 'limit': expected 1 to 100."})
+    limit = fields.Integer(load_default=20, strict=False,
+                           validate=validate.Range(1, 100, error="Invalid value for 'limit': expected 1 to 100."),
+                           error_messages={"invalid": "expected an integer"})
     after = String(load_default=None)
     order = String(load_default="desc")
     include = fields.Raw(load_default=None)

@@ -1,0 +1,122 @@
+"""Conversation storage and the item budget, without a server."""
+
+import json
+
+import orjson
+import pytest
+from sqlalchemy import event
+
+from responses_proxy.conversations.service import within_budget
+from responses_proxy.store import conversations as store
+from responses_proxy.store import keys as key_store
+from responses_proxy.store import migrate
+from responses_proxy.store import make_engine
+from tests.conftest import make_app
+
+
+def rows(*turns):
+    """Stored rows from turns written as lists of (type, call_id, text)."""
+    out = []
+    for number, items in enumerate(turns):
+        for kind, call_id, text in items:
+            out.append((number, kind, call_id, orjson.dumps({"type": kind, "call_id": call_id, "text": text})))
+    return out
+
+
+def msg(text):
+    return ("message", None, text)
+
+
+@pytest.mark.parametrize("stored, budget, kept, dropped", [
+    (rows([msg("a"), msg("b")], [msg("c"), msg("d")]), 10, ["a", "b", "c", "d"], 0),
+    (rows([msg("a"), msg("b")], [msg("c"), msg("d")]), 2, ["c", "d"], 2),
+    # A turn is never split: 3 would fit "b c d" but "b" belongs with "a".
+    (rows([msg("a"), msg("b")], [msg("c"), msg("d")]), 3, ["c", "d"], 2),
+    (rows([msg("a")], [msg("b")], [msg("c")]), 0, [], 3),
+    # The call is dropped, so its output (next turn) goes too.
+    (rows([msg("q"), ("function_call", "c1", "call")], [("function_call_output", "c1", "out"), msg("answer")],
+          [msg("later")]), 3, ["later"], 4),
+    # The call and its output are both kept.
+    (rows([msg("old")], [msg("q"), ("function_call", "c1", "call")], [("function_call_output", "c1", "out")]),
+     3, ["q", "call", "out"], 1),
+    # Outputs of custom tools are paired with their calls too.
+    (rows([("custom_tool_call", "c9", "call")], [("custom_tool_call_output", "c9", "out"), msg("x")]),
+     2, [], 3),
+], ids=["fits", "drops-oldest-turn", "whole-turns-only", "zero-budget", "orphan-output-dropped",
+        "pair-kept", "custom-tool-pair"])
+def test_within_budget(stored, budget, kept, dropped):
+    items, left_out = within_budget(stored, budget)
+    assert [item["text"] for item in items] == kept
+    assert left_out == dropped
+
+
+@pytest.fixture
+def big_conversation_app(tmp_path, upstream):
+    app = make_app(tmp_path, upstream.base_url, CONVERSATION_MAX_ITEMS=10_000)
+    yield app
+    app.extensions["responses_proxy"].engine.dispose()
+
+
+def test_a_conversation_of_thousands_of_items_loads_in_one_query(big_conversation_app, upstream, account):
+    services = big_conversation_app.extensions["responses_proxy"]
+    key = key_store.create(services.engine, "big")
+    row, _ = store.create(services.engine, key["id"])
+    for turn in range(50):
+        store.append(services.engine, row["id"], [
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": f"q{turn}.{n}"}]}
+            for n in range(100)])
+
+    statements = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        if "conversation_items" in statement:
+            statements.append(statement)
+
+    event.listen(services.engine, "before_cursor_execute", count)
+    try:
+        reply = big_conversation_app.test_client().post(
+            "/v1/responses", headers={"Authorization": f"Bearer {key['key']}"},
+            json={"model": "gpt-5.2", "input": "one more", "conversation": row["id"]})
+    finally:
+        event.remove(services.engine, "before_cursor_execute", count)
+
+    assert reply.status_code == 200, reply.get_data(as_text=True)
+    reads = [statement for statement in statements if statement.lstrip().upper().startswith("SELECT")]
+    writes = [statement for statement in statements if statement.lstrip().upper().startswith("INSERT")]
+    assert len(reads) == 1, reads
+    assert len(writes) == 1  # the new input and the answer, in one multi-row insert
+    sent = upstream.response_requests()[-1]["body"]["input"]
+    assert len(sent) == 5001
+    assert sent[0]["content"][0]["text"] == "q0.0" and sent[-1]["content"][0]["text"] == "one more"
+    assert reply.headers["X-Conversation-Items-Dropped"] == "0"
+
+
+def test_items_are_stored_once_each(database_url, tmp_path):
+    engine = make_engine(database_url)
+    try:
+        migrate.upgrade(engine)
+        row, _ = store.create(engine, "key_x", items=[{"role": "user", "content": "a"}])
+        for turn in range(3):
+            store.append(engine, row["id"], [{"role": "user", "content": f"t{turn}"}])
+        assert store.count_items(engine, row["id"]) == 4
+        loaded = store.load_items(engine, row["id"])
+        assert [json.loads(data)["content"] for _, _, _, data in loaded] == ["a", "t0", "t1", "t2"]
+        assert [turn for turn, _, _, _ in loaded] == [0, 1, 2, 3]
+    finally:
+        engine.dispose()
+
+
+def test_turn_lease_is_exclusive_and_released(database_url):
+    engine = make_engine(database_url)
+    try:
+        migrate.upgrade(engine)
+        row, _ = store.create(engine, "key_x")
+        assert store.acquire_turn(engine, row["id"], "one", 60)
+        assert not store.acquire_turn(engine, row["id"], "two", 60)
+        store.append(engine, row["id"], [{"role": "user", "content": "x"}], release_owner="one")
+        assert store.acquire_turn(engine, row["id"], "two", 60)
+        store.release_turn(engine, row["id"], "two")
+        assert store.acquire_turn(engine, row["id"], "three", -1)  # an expired lease is taken over
+        assert store.acquire_turn(engine, row["id"], "four", 60)
+    finally:
+        engine.dispose()
