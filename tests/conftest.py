@@ -180,9 +180,11 @@ class Gateway:
                 self.process.kill()
                 self.process.wait()
 
-    def log(self):
+    def log(self, tail=5000):
+        """gunicorn's output (its last ``tail`` characters; None: all of it)."""
         with open(self.log_path, "rb") as handle:
-            return handle.read().decode("utf-8", "replace")[-5000:]
+            text = handle.read().decode("utf-8", "replace")
+        return text[-tail:] if tail else text
 
     def app(self):
         """An app on the same database and secret, for setting up keys and accounts."""

@@ -6,6 +6,7 @@ being tested, and it lives in the database shared by the workers.
 
 import collections
 import concurrent.futures
+import json
 import time
 
 import pytest
@@ -75,6 +76,12 @@ def test_a_limited_account_is_skipped_until_its_reset(make_gateway, upstream):
     assert counts["acct-1"] + counts["acct-2"] >= 11
     row = account_row(gateway, "acct-0")
     assert row["cooldown_until"] > time.time() - 1 and "usage limit" in row["last_error"]
+    # The decision is in the request's structured log line.
+    decisions = [json.loads(line)["decisions"] for line in gateway.log(tail=None).splitlines()
+                 if line.startswith("{") and '"decisions"' in line]
+    flat = [decision for line in decisions for decision in line]
+    assert {"event": "cooldown", "account": row["id"], "until": row["cooldown_until"]} in flat
+    assert any(decision["event"] == "failover" and decision["account"] == row["id"] for decision in flat)
 
     time.sleep(3.5)  # past resets_in_seconds: the account serves again, by itself
     upstream.requests.clear()
@@ -284,9 +291,14 @@ def test_quota_windows_are_polled_and_prefer_headroom(make_gateway, upstream):
         assert ask(gateway, input=f"q{i}")[0] == 200
     assert served_by(upstream) == {"acct-1": 8}
 
+    time.sleep(0.5)  # usage rows are written every 0.1 s
     app = gateway.app()
     try:
         listing = app.test_cli_runner().invoke(args=["accounts", "list"])
+        listed = json.loads(app.test_cli_runner().invoke(args=["accounts", "list", "--json"]).output)
     finally:
         app.extensions["responses_proxy"].engine.dispose()
     assert "95%" in listing.output and "5%" in listing.output
+    busy = next(row for row in listed if row["chatgpt_account_id"] == "acct-1")
+    assert busy["last_hour"]["requests"] == 8 and busy["last_day"]["tokens"] == 8 * 19
+    assert busy["state"] == "active"
