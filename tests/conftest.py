@@ -1,5 +1,6 @@
 """Fixtures: a fresh app per test (flaskr style), the fake upstream, PostgreSQL, a real gunicorn."""
 
+import ctypes
 import json
 import os
 import secrets
@@ -133,6 +134,12 @@ def free_port():
         return sock.getsockname()[1]
 
 
+def die_with_parent():
+    """In the child before exec: a server started by a test run never outlives that run."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class Gateway:
     """A real gunicorn (gevent workers) serving wsgi:app on a free port."""
 
@@ -155,10 +162,11 @@ class Gateway:
         self.process = None
 
     def start(self):
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "etc/gunicorn.conf.py", "-b", f"127.0.0.1:{self.port}",
-             "wsgi:app"], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "-c", "etc/gunicorn.conf.py", "-b", f"127.0.0.1:{self.port}",
+                 "wsgi:app"], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -169,6 +177,7 @@ class Gateway:
             except requests.RequestException:
                 pass
             time.sleep(0.1)
+        self.stop()
         raise RuntimeError(f"gunicorn did not start: {self.log()}")
 
     def stop(self):

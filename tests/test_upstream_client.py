@@ -13,7 +13,8 @@ from responses_proxy.catalog.service import parse_models
 from responses_proxy.config import load_config
 from responses_proxy.errors import ApiError, UpstreamError, UsageLimitReached
 from responses_proxy.upstream import client as client_module
-from responses_proxy.upstream.client import UpstreamClient, UpstreamUnavailable, error_for_status, read_error_body
+from responses_proxy.upstream.client import (UpstreamClient, UpstreamUnavailable, error_for_status, read_error_body,
+                                             upstream_headers)
 from responses_proxy.upstream.credentials import CredentialsError, parse_auth_json
 from tests.fake_upstream import auth_json, jwt
 
@@ -43,7 +44,9 @@ def mocked():
 def test_open_responses_sends_the_codex_headers(upstream_client, mocked):
     mocked.add(responses.POST, RESPONSES_URL, body=SSE, status=200, content_type="text/event-stream")
 
-    reply = upstream_client.open_responses(CREDENTIALS, BODY, session_id="thread-1")
+    client_headers = {"X-Codex-Beta-Features": "remote_compaction_v2", "x-openai-internal-codex-responses-lite": "true",
+                      "Authorization": "Bearer client-key", "thread-id": "t-1", "User-Agent": "codex"}
+    reply = upstream_client.open_responses(CREDENTIALS, BODY, upstream_headers(client_headers, "thread-1"))
 
     assert reply.status_code == 200 and reply.content == SSE
     [call] = mocked.calls
@@ -55,6 +58,10 @@ def test_open_responses_sends_the_codex_headers(upstream_client, mocked):
     assert headers["Accept-Encoding"] == "identity"
     assert headers["Content-Type"] == "application/json"
     assert headers["session_id"] == "thread-1"
+    # The Codex client's own feature headers go through; its key and other headers do not.
+    assert headers["X-Codex-Beta-Features"] == "remote_compaction_v2"
+    assert headers["x-openai-internal-codex-responses-lite"] == "true"
+    assert "thread-id" not in headers and headers["User-Agent"] != "codex"
     assert call.request.body == BODY, "the body goes out byte for byte"
     assert call.request.req_kwargs["stream"] is True
     assert call.request.req_kwargs["timeout"] == (3.0, 45.0)

@@ -8,7 +8,7 @@ import orjson
 from .. import relay
 from ..conversations.service import conversation_id_of
 from ..errors import ApiError, InvalidRequest, ModelNotAllowed, UpstreamError, UsageLimitReached
-from ..upstream.client import UpstreamUnavailable, error_for_status, read_error_body
+from ..upstream.client import UpstreamUnavailable, error_for_status, read_error_body, upstream_headers
 from ..upstream.oauth import RefreshFailed
 from ..upstream.pool import affinity_key
 from .normalize import to_upstream
@@ -66,7 +66,7 @@ class ResponsesService:
             raise InvalidRequest(f"The model '{model}' does not exist. Check the available models at /v1/models.",
                                  param="model", code="model_not_found")
 
-    def create(self, key, body, record, client_socket=None):
+    def create(self, key, body, record, client_socket=None, client_headers=None):
         """Serve a validated body: (response dict or SSE iterable, extra headers).
 
         The usage row and the conversation turn are settled when the answer ends, however
@@ -87,7 +87,8 @@ class ResponsesService:
                     upstream["include"] = include + ["reasoning.encrypted_content"]
                     strip_encrypted = True
             response = self.open_upstream(orjson.dumps(upstream), affinity_key(key["id"], body),
-                                          body.get("prompt_cache_key"), record)
+                                          upstream_headers(client_headers or {}, body.get("prompt_cache_key")),
+                                          record)
         except BaseException as exc:
             if turn is not None:
                 turn.abort()
@@ -101,7 +102,7 @@ class ResponsesService:
             return self.stream(response, record, client_socket, tracker, turn, new_items), headers
         return self.complete(response, record, tracker, turn, new_items), headers
 
-    def open_upstream(self, body, affinity, session_id, record):
+    def open_upstream(self, body, affinity, headers, record):
         """Send the request to the first account that takes it; returns the 200 response.
 
         Nothing has reached the client yet, so a 429, a 401 that survives one token refresh,
@@ -124,11 +125,11 @@ class ResponsesService:
                 if error:
                     last_error = error
                     continue
-            response, error, status = self.send(account, body, session_id, record)
+            response, error, status = self.send(account, body, headers, record)
             if status == 401:
                 account, error = self.refresh(account, "upstream 401", record, required=True)
                 if error is None:
-                    response, error, status = self.send(account, body, session_id, record)
+                    response, error, status = self.send(account, body, headers, record)
             if response is not None:
                 return response
             if isinstance(error, UsageLimitReached):
@@ -145,11 +146,11 @@ class ResponsesService:
             raise exhausted if isinstance(exhausted, UsageLimitReached) else last_error
         raise last_error
 
-    def send(self, account, body, session_id, record):
+    def send(self, account, body, headers, record):
         """One attempt: (200 response, None, 200) or (None, the ApiError it means, status)."""
         self.pool.begin(account.id)
         try:
-            response = self.client.open_responses(account.credentials, body, session_id)
+            response = self.client.open_responses(account.credentials, body, headers)
         except UpstreamUnavailable as exc:
             self.pool.end(account.id)
             return None, UpstreamError(f"The upstream is unreachable: {exc}."), None

@@ -22,7 +22,8 @@ def create_response():
         raise
     record.row["model"] = body["model"]
     record.row["stream"] = bool(body.get("stream"))
-    result, headers = service.create(g.api_key, body, record, request.environ.get("gunicorn.socket"))
+    result, headers = service.create(g.api_key, body, record, request.environ.get("gunicorn.socket"),
+                                     request.headers)
     if isinstance(result, dict):
         response = jsonify(result)
         response.headers.update(headers)

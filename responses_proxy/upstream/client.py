@@ -14,6 +14,20 @@ USER_AGENT = "responses-proxy/1.0"
 ERROR_BODY_LIMIT = 64 * 1024
 
 
+# Client headers the Codex backend reads (feature flags, turn metadata): passed on as sent.
+FORWARDED_HEADER_PREFIXES = ("x-codex-", "x-openai-internal-codex-")
+
+
+def upstream_headers(client_headers, prompt_cache_key=None):
+    """The per-request headers for the upstream: the Codex client's own, and ``session_id``
+    (the backend routes a session's requests to the same prompt cache by it)."""
+    headers = {name: value for name, value in client_headers.items()
+               if name.lower().startswith(FORWARDED_HEADER_PREFIXES)}
+    if prompt_cache_key:
+        headers["session_id"] = prompt_cache_key
+    return headers
+
+
 class UpstreamUnavailable(Exception):
     """Connecting to the upstream failed or timed out (nothing was received)."""
 
@@ -57,14 +71,14 @@ class UpstreamClient:
             "originator": self.originator,
         }
 
-    def open_responses(self, credentials, body: bytes, session_id=None):
+    def open_responses(self, credentials, body: bytes, extra_headers=None):
         """POST the body; returns the streaming ``requests.Response`` whatever its status."""
         headers = self.headers(credentials)
+        if extra_headers:
+            headers.update(extra_headers)
         headers["Content-Type"] = "application/json"
         headers["Accept"] = "text/event-stream"
         headers["Accept-Encoding"] = "identity"
-        if session_id:
-            headers["session_id"] = session_id
         try:
             return self.session.post(self.responses_url, data=body, headers=headers, stream=True,
                                      timeout=self.timeout)

@@ -31,8 +31,8 @@ def make_gateway(request, upstream, tmp_path_factory):
         if request.param == "postgresql":
             env["RESPONSES_PROXY_DATABASE_URL"] = request.getfixturevalue("postgres_url")
         server = Gateway(tmp_path_factory.mktemp("pool"), upstream.base_url, env=env)
-        server.start()
         started.append(server)
+        server.start()
         documents = documents or [auth_json(account_id=f"acct-{i}", last_refresh="2099-01-01T00:00:00Z")
                                   for i in range(n)]
         server.rows = [server.import_account(document) for document in documents]
