@@ -1,0 +1,229 @@
+"""The Codex CLI against the real gunicorn: the exact bodies it sends, and the real binary.
+
+The fixtures are request bodies Codex CLI 0.169.0 sent (`codex exec`, second request of a turn
+with one tool round trip), captured with a recording server; only Codex's long prompt and tool
+descriptions are shortened. ``codex_cli_request.json`` is a session on ``gpt-5.5`` (top-level
+``function``, ``custom``, ``tool_search`` and ``web_search`` tools, a ``function_call`` round
+trip); ``codex_cli_request_default_model.json`` one on the CLI's default model (tools in an
+``additional_tools`` input item of ``namespace`` tools, a ``custom_tool_call`` round trip).
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.e2e.conftest import ACCOUNT, events_of, read_stream, split_frames
+from tests.fake_upstream import Script
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+CODEX = shutil.which("codex")
+CODEX_TIMEOUT = 25  # seconds one `codex exec` may take before it is killed
+KEY_VARIABLE = "CODEX_GATEWAY_API_KEY"
+# Models Codex 0.169.0 uses that the fake catalog lacks; each worker reads the catalog once.
+CODEX_MODELS = ("gpt-5.5", "gpt-6.1-sol")
+
+
+def codex_headers(body, responses_lite):
+    """The headers Codex sent with ``body`` (its turn metadata shortened), authorization aside."""
+    thread = body["prompt_cache_key"]
+    headers = {
+        "accept": "text/event-stream",
+        "content-type": "application/json",
+        "originator": "codex_exec",
+        "user-agent": "codex_exec/0.169.0 (Debian 12.0.0; x86_64) unknown (codex_exec; 0.169.0)",
+        "session-id": thread,
+        "thread-id": thread,
+        "x-client-request-id": thread,
+        "x-codex-window-id": thread + ":0",
+        "x-codex-beta-features": "remote_compaction_v2",
+        "x-codex-turn-metadata": json.dumps({"session_id": thread, "thread_id": thread, "request_kind": "turn",
+                                             "turn_trigger": "exec", "model": body["model"]}),
+    }
+    if responses_lite:  # sent with the default model, whose tools come in an additional_tools item
+        headers["x-openai-internal-codex-responses-lite"] = "true"
+    return headers
+
+
+# $CODEX_HOME/config.toml as docs/codex-cli.md writes it, with its section for machines without
+# internet access: no plugin sync with github.com and chatgpt.com, no update check, no analytics.
+CONFIG = """\
+model = "{model}"
+model_provider = "responses-proxy"
+check_for_update_on_startup = false
+
+[model_providers.responses-proxy]
+name = "responses-proxy"
+base_url = "{url}/v1"
+env_key = "{key_variable}"
+wire_api = "responses"
+
+[features]
+plugins = false
+
+[analytics]
+enabled = false
+"""
+
+needs_codex = pytest.mark.skipif(CODEX is None, reason="the Codex CLI (npm install -g @openai/codex) is not on PATH")
+
+
+@pytest.fixture(autouse=True)
+def codex_models(upstream):
+    upstream.models.extend(CODEX_MODELS)
+
+
+def load(name):
+    return json.loads((FIXTURES / name).read_text())
+
+
+def tool_types(tools):
+    return {tool["type"] for tool in tools}
+
+
+@pytest.mark.parametrize("name", ["codex_cli_request.json", "codex_cli_request_default_model.json"])
+def test_replayed_codex_request_streams_and_reaches_upstream_unchanged(e2e, upstream, name):
+    """Codex's real body, replayed with its headers: every item and tool reaches the upstream."""
+    body = load(name)
+    script = Script(body["model"]).start().reasoning().message(["All ", "done."]).completed()
+    upstream.push({"events": script.events()}, account=ACCOUNT)
+
+    reply = requests.post(e2e.url + "/v1/responses", data=json.dumps(body).encode(), stream=True, timeout=(5, 20),
+                          headers={**codex_headers(body, name != "codex_cli_request.json"),
+                                   "Authorization": f"Bearer {e2e.key}"})
+    with reply:
+        assert reply.status_code == 200, reply.content
+        assert reply.headers["Content-Type"].startswith("text/event-stream")
+        events = events_of(split_frames(read_stream(reply)))
+
+    # What Codex builds its turn from: created first, completed last with the same id, and the items.
+    names = [event.name for event in events]
+    assert names[0] == "response.created" and names[-1] == "response.completed", names
+    created, completed = events[0].data["response"], events[-1].data["response"]
+    assert completed["id"] == created["id"]
+    assert completed["usage"]["total_tokens"] == 19
+    assert completed["usage"]["input_tokens_details"]["cached_tokens"] == 4
+    done = [event.data["item"] for event in events if event.name == "response.output_item.done"]
+    assert done == script.items
+
+    [sent] = upstream.response_requests()
+    # Codex's body goes upstream as it came, plus the empty instructions the backend requires.
+    assert sent["body"] == {**body, "instructions": ""}
+    upstream_body = sent["body"]
+    assert upstream_body["stream"] is True and upstream_body["store"] is False
+    messages = [item for item in upstream_body["input"] if item["type"] == "message"]
+    assert messages[0]["role"] == "developer" and messages[-1]["role"] == "user"
+    assert upstream_body["include"] == ["reasoning.encrypted_content"]
+    assert upstream_body["prompt_cache_key"] == body["prompt_cache_key"]
+    assert upstream_body["client_metadata"] == body["client_metadata"]
+    [reasoning] = [item for item in upstream_body["input"] if item["type"] == "reasoning"]
+    assert "content" in reasoning and reasoning["content"] is None
+    assert reasoning["encrypted_content"] == "gAAAAB-opaque"
+    assert all("id" in item for item in upstream_body["input"])
+    if name == "codex_cli_request.json":
+        assert tool_types(upstream_body["tools"]) == {"function", "custom", "tool_search", "web_search"}
+        call, output = upstream_body["input"][-2:]
+        assert call["type"] == "function_call" and call["status"] == "completed"
+        assert output["type"] == "function_call_output" and output["call_id"] == call["call_id"]
+        assert isinstance(output["output"], str)
+    else:
+        assert "tools" not in upstream_body
+        [extra] = [item for item in upstream_body["input"] if item["type"] == "additional_tools"]
+        assert tool_types(extra["tools"]) == {"namespace"}
+        assert tool_types(extra["tools"][0]["tools"]) == {"custom", "function"}
+        call, output = upstream_body["input"][-2:]
+        assert call["type"] == "custom_tool_call" and call["namespace"] == "functions"
+        assert output["type"] == "custom_tool_call_output" and output["call_id"] == call["call_id"]
+        assert isinstance(output["output"], list)
+    # The account's token goes upstream, never the client's key.
+    assert sent["headers"]["authorization"] != f"Bearer {e2e.key}"
+    assert sent["headers"]["chatgpt-account-id"] == ACCOUNT
+    # Codex's feature headers reach the backend as sent; the cache session follows the thread.
+    client = {name.lower(): value for name, value in codex_headers(body, name != "codex_cli_request.json").items()}
+    for header, value in client.items():
+        if header.startswith(("x-codex-", "x-openai-internal-codex-")):
+            assert sent["headers"][header] == value
+    assert sent["headers"]["session_id"] == body["prompt_cache_key"]
+
+
+def run_codex(gateway, tmp_path, prompt, model="gpt-5.2"):
+    """``codex exec`` configured as docs/codex-cli.md says; returns (exit code, stdout, stderr).
+
+    The CLI is a node launcher that spawns the native binary: the whole process group is killed
+    on timeout, or the binary would outlive the test.
+    """
+    home = tmp_path / "codex-home"
+    work = tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    (home / "config.toml").write_text(CONFIG.format(model=model, url=gateway.url, key_variable=KEY_VARIABLE))
+    nowhere = "http://127.0.0.1:9"  # anything not for 127.0.0.1 fails instead of leaving the machine
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "CODEX_HOME": str(home), KEY_VARIABLE: gateway.key,
+           "HTTPS_PROXY": nowhere, "HTTP_PROXY": nowhere, "ALL_PROXY": nowhere, "https_proxy": nowhere,
+           "http_proxy": nowhere, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+    process = subprocess.Popen(
+        [CODEX, "exec", "--skip-git-repo-check", "--ephemeral", "--color", "never", "-C", str(work), prompt],
+        env=env, cwd=str(work), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True)
+    try:
+        out, err = process.communicate(timeout=CODEX_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        pytest.fail(f"codex exec did not finish in {CODEX_TIMEOUT} s:\n{err[-3000:]}\n{gateway.log()}")
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    return process.returncode, out, err
+
+
+@needs_codex
+def test_codex_exec_prints_the_answer(e2e, upstream, tmp_path):
+    script = Script("gpt-5.2").start().reasoning().message(["The answer ", "is 42."]).completed()
+    upstream.push({"events": script.events()}, account=ACCOUNT)
+
+    code, out, err = run_codex(e2e, tmp_path, "What is 6*7?")
+
+    assert code == 0, f"{err[-3000:]}\n{e2e.log()}"
+    assert out.strip() == "The answer is 42."
+    [sent] = upstream.response_requests()
+    body = sent["body"]
+    assert body["model"] == "gpt-5.2" and body["stream"] is True and body["store"] is False
+    assert body["instructions"] == ""
+    assert any(item.get("role") == "developer" for item in body["input"])
+    assert body["input"][-1]["content"] == [{"type": "input_text", "text": "What is 6*7?"}]
+    assert body["include"] == ["reasoning.encrypted_content"]
+    assert body["prompt_cache_key"] and isinstance(body["client_metadata"], dict)
+
+
+@needs_codex
+def test_codex_exec_tool_round_trip(e2e, upstream, tmp_path):
+    """The model runs a shell command; Codex sends the call and its output back in a second request."""
+    call = Script("gpt-5.2").start().reasoning().function_call(
+        "exec_command", ['{"cmd":"echo gateway-', 'tool-ok"}'], call_id="call_codex_1").completed()
+    answer = Script("gpt-5.2").start().message(["Ran it: ", "gateway-tool-ok"]).completed()
+    upstream.push({"events": call.events()}, account=ACCOUNT)
+    upstream.push({"events": answer.events()}, account=ACCOUNT)
+
+    code, out, err = run_codex(e2e, tmp_path, "Run echo gateway-tool-ok")
+
+    assert code == 0, f"{err[-3000:]}\n{e2e.log()}"
+    assert out.strip() == "Ran it: gateway-tool-ok"
+    first, second = upstream.response_requests()
+    assert second["body"]["prompt_cache_key"] == first["body"]["prompt_cache_key"]
+    history = second["body"]["input"]
+    assert history[:len(first["body"]["input"])] == first["body"]["input"]
+    reasoning, function_call, output = history[-3:]
+    assert reasoning["type"] == "reasoning" and reasoning["content"] is None
+    assert reasoning["encrypted_content"] == "gAAAAB-opaque"
+    assert function_call["type"] == "function_call" and function_call["call_id"] == "call_codex_1"
+    assert function_call["name"] == "exec_command" and function_call["status"] == "completed"
+    assert function_call["arguments"] == '{"cmd":"echo gateway-tool-ok"}'
+    assert output["type"] == "function_call_output" and output["call_id"] == "call_codex_1"
+    assert isinstance(output["output"], str) and output["output"]
