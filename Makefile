@@ -1,8 +1,11 @@
 # One entry point for the README's commands. VENV can point elsewhere: make test VENV=/tmp/venv
 VENV ?= .venv
 PYTHON ?= python3
+# The Codex CLI the end-to-end tests drive (installed locally when npm is there).
+CODEX_VERSION ?= 0.169.0
+CODEX_DIR = .cache/codex
 
-.PHONY: serve test bench install dev clean
+.PHONY: serve test bench install dev codex clean
 
 # Runtime only: what `make serve` needs.
 $(VENV)/.installed: requirements.txt
@@ -22,11 +25,16 @@ dev: $(VENV)/.installed-dev
 serve: install
 	$(VENV)/bin/gunicorn -c etc/gunicorn.conf.py wsgi:app
 
-test: dev
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
+codex:
+	@if [ ! -x $(CODEX_DIR)/node_modules/.bin/codex ] && command -v npm >/dev/null; then \
+	  npm install --silent --no-audit --no-fund --prefix $(CODEX_DIR) @openai/codex@$(CODEX_VERSION) \
+	  || echo "could not install the Codex CLI: its live tests will be skipped"; fi
+
+test: dev codex
+	PATH="$(CURDIR)/$(CODEX_DIR)/node_modules/.bin:$$PATH" $(VENV)/bin/python -m pytest -q -p no:cacheprovider
 
 bench: dev
 	$(VENV)/bin/python -m bench
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(CODEX_DIR)
