@@ -26,7 +26,10 @@ worker_connections = int(env("WORKER_CONNECTIONS", 10000))
 timeout = int(env("WORKER_TIMEOUT", 60))
 # How long open streams may finish when workers are replaced (HUP, deploy) before they are cut.
 graceful_timeout = int(env("GRACEFUL_TIMEOUT", 120))
-keepalive = int(env("KEEPALIVE", 75))
+# Idle seconds a client connection stays open between requests. Short, because a stop or
+# reload waits for idle connections too; a proxy in front should close its idle upstream
+# connections sooner (etc/nginx.conf.example: keepalive_timeout 4s).
+keepalive = int(env("KEEPALIVE", 5))
 backlog = int(env("BACKLOG", 4096))
 accesslog = env("ACCESS_LOG", "-")
 if accesslog.lower() in ("off", "none", "0"):

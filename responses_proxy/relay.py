@@ -243,7 +243,8 @@ class SSERelay:
     def _relay(self, first):
         try:
             self._watch_client()
-            item = first
+            # No event yet after a whole keepalive interval: the headers and a keepalive go out now.
+            item = KEEPALIVE if first is None else first
             while True:
                 if item is None:
                     try:

@@ -25,6 +25,7 @@ class Catalog:
         self._pool = pool
         self._cache_seconds = cache_seconds
         self._slugs = None
+        self._authoritative = False
         self._expires = 0.0
         self._lock = BoundedSemaphore()
 
@@ -51,7 +52,14 @@ class Catalog:
             self._slugs, ttl = tuple(slugs), self._cache_seconds
         else:
             self._slugs, ttl = FALLBACK_MODELS, min(self._cache_seconds, RETRY_AFTER_FAILURE)
+        self._authoritative = bool(slugs)
         self._expires = time.monotonic() + ttl
+
+    def knows(self, model):
+        """Whether ``model`` may be requested: it is in the upstream's catalog. When only the
+        built-in list is at hand (no account yet, upstream unreachable) that list is a guess,
+        and the upstream itself judges the model."""
+        return model in self.slugs() or not self._authoritative
 
     def listing(self, allowed_models=None):
         """The OpenAI list shape, filtered by a key's allowed models."""

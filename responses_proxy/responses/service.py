@@ -62,7 +62,7 @@ class ResponsesService:
         allowed = key["allowed_models"]
         if allowed is not None and model not in allowed:
             raise ModelNotAllowed(model)
-        if model not in self.catalog.slugs():
+        if not self.catalog.knows(model):
             raise InvalidRequest(f"The model '{model}' does not exist. Check the available models at /v1/models.",
                                  param="model", code="model_not_found")
 
@@ -171,12 +171,12 @@ class ResponsesService:
         A refresh ahead of expiry that fails for a passing reason is not fatal while the
         current token still works; after an upstream 401 it is.
         """
+        still_valid = account.access_expires_at is None or account.access_expires_at > time.time()
         try:
-            fresh = self.pool.refresh(account)
+            fresh = self.pool.refresh(account, optional=still_valid and not required)
         except RefreshFailed as exc:
             record.decide("refresh_failed", account=account.id, reason=reason, error=str(exc),
                           permanent=exc.permanent)
-            still_valid = account.access_expires_at is None or account.access_expires_at > time.time()
             if required or exc.permanent or not still_valid:
                 return account, UpstreamError(f"The upstream account could not be refreshed: {exc}.")
             return account, None

@@ -28,6 +28,7 @@ from .oauth import RefreshFailed, refresh_tokens
 log = logging.getLogger(__name__)
 
 REFRESH_LOCK_SECONDS = 30.0
+REFRESH_BACKOFF_SECONDS = 60.0
 LOAD_REPORT_SECONDS = 1.0
 LOAD_STALE_SECONDS = 10.0
 RECENT_USAGE_SECONDS = 30.0
@@ -111,6 +112,7 @@ class AccountPool:
         self._reported = {}
         self._reported_at = 0.0
         self._refresh_session = None
+        self._refresh_backoff = {}  # account id -> until when an optional refresh is not retried
 
     # -- the account rows ------------------------------------------------------------------
 
@@ -153,7 +155,11 @@ class AccountPool:
             raise self.unavailable(now)
         sticky = None
         if cache_key and follow:
+            usable_ids = {row["id"] for row in usable}
             sticky = self._affinity_lookup(cache_key, now)
+            if sticky not in usable_ids:
+                # Another worker may already have moved this key: follow it there too.
+                sticky = self._affinity_lookup(cache_key, now, fresh=True) or sticky
             for row in usable:
                 if row["id"] == sticky:
                     self._affinity_remember(cache_key, sticky, now, changed=False)
@@ -188,9 +194,9 @@ class AccountPool:
             self._dispatched.clear()
         return self._recent
 
-    def _affinity_lookup(self, cache_key, now):
+    def _affinity_lookup(self, cache_key, now, fresh=False):
         cached = self._affinity.get(cache_key)
-        if cached and now - cached[1] < AFFINITY_TRUST_SECONDS:
+        if cached and not fresh and now - cached[1] < AFFINITY_TRUST_SECONDS:
             return cached[0]
         account_id = pool_state.affinity_get(self._engine, cache_key, now - self._affinity_ttl)
         if account_id:
@@ -250,24 +256,43 @@ class AccountPool:
     # -- tokens ------------------------------------------------------------------------------
 
     def needs_refresh(self, account, now=None):
+        """Whether to refresh before use: the token expires soon or is old. After a refresh
+        that failed for a passing reason, a still-valid token is used without trying again
+        for a while (else every request would retry it)."""
         now = time.time() if now is None else now
-        if account.access_expires_at is not None and account.access_expires_at - now < self._refresh_margin:
+        expires = account.access_expires_at
+        if expires is not None and expires <= now:
+            return True
+        if now < self._refresh_backoff.get(account.id, 0):
+            return False
+        if expires is not None and expires - now < self._refresh_margin:
             return True
         return account.last_refresh is not None and now - account.last_refresh > self._refresh_max_age
 
-    def refresh(self, account):
+    def refresh(self, account, optional=False):
         """New tokens for ``account``: refreshed here, or by whichever process holds the lock.
 
         Only one process refreshes an account at a time: the refresh token rotates, and a
-        second refresh with the old one would fail for good. The others wait for the result.
-        Raises ``RefreshFailed`` (``permanent`` when the account needs a new login).
+        second refresh with the old one would fail for good. The others wait for the result,
+        unless the refresh is ``optional`` (the current token still works): then they go on
+        with it. Raises ``RefreshFailed`` (``permanent`` when the account needs a new login).
         """
+        try:
+            return self._refresh(account, optional)
+        except RefreshFailed as exc:
+            if not exc.permanent:
+                self._refresh_backoff[account.id] = time.time() + REFRESH_BACKOFF_SECONDS
+            raise
+
+    def _refresh(self, account, optional):
         stale = account.tokens["access_token"]
         owner = f"{self.worker_id}:{secrets.token_hex(4)}"
         deadline = time.monotonic() + REFRESH_LOCK_SECONDS + 5
         while True:
             if account_store.try_lock_refresh(self._engine, account.id, owner, REFRESH_LOCK_SECONDS):
                 break
+            if optional:
+                raise RefreshFailed("another process is refreshing this account", permanent=False)
             if time.monotonic() > deadline:
                 raise RefreshFailed("another process is still refreshing this account", permanent=False)
             time.sleep(0.1)

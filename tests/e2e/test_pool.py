@@ -302,3 +302,16 @@ def test_quota_windows_are_polled_and_prefer_headroom(make_gateway, upstream):
     busy = next(row for row in listed if row["chatgpt_account_id"] == "acct-1")
     assert busy["last_hour"]["requests"] == 8 and busy["last_day"]["tokens"] == 8 * 19
     assert busy["state"] == "active"
+
+
+def test_a_failed_optional_refresh_is_not_retried_by_every_request(make_gateway, upstream):
+    # The token is old (refresh due) but still valid for an hour; the token endpoint is down.
+    document = auth_json(account_id="acct-0", last_refresh="2020-01-01T00:00:00Z")
+    gateway = make_gateway(documents=[document])
+    for _ in range(4):
+        upstream.push({"status": 503, "body": {"error": "temporarily_unavailable"}}, account="refresh")
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(lambda i: ask(gateway, input=f"q{i}")[0], range(24))) == {200}
+    refreshes = [request for request in upstream.requests if request["path"] == "/oauth/token"]
+    assert 1 <= len(refreshes) <= 2  # at most once per worker, then backed off
+    assert account_row(gateway, "acct-0")["status"] == "active"
