@@ -8,12 +8,12 @@ import secrets
 import socket
 import time
 
-import gevent
 import orjson
-import requests
-from gevent.queue import Empty, Full, Queue
+from gevent import get_hub
+from gevent.hub import Waiter
 
 from .errors import UpstreamError
+from .upstream.body import BodyError, UpstreamBody
 from .upstream.sse import SSEParser
 
 CREATED = b"response.created"
@@ -26,27 +26,117 @@ SSE_HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
 }
-# How many parsed chunks may wait for a slow client before the upstream read pauses.
-QUEUE_DEPTH = 64
+# A network read that brings this much is relayed without waiting for more.
+BATCH_BYTES = 256 * 1024
 
-_END = object()
-_DISCONNECTED = object()
+_UPSTREAM, _CLIENT, _TIMER = "upstream", "client", "timer"
 
 
 class StreamFailed(Exception):
-    """The upstream stream broke (read error, or it ended before a terminal event)."""
+    """The upstream stream broke (read error, silence, or it ended before a terminal event)."""
 
 
-def upstream_batches(response):
-    """The upstream body as lists of ``(name, data)`` events, one list per network chunk."""
-    parser = SSEParser()
-    try:
-        for chunk in response.iter_content(chunk_size=None):
-            events = parser.feed(chunk)
-            if events:
-                yield events
-    except (requests.RequestException, OSError) as exc:
-        raise StreamFailed(f"The upstream connection failed mid-stream ({type(exc).__name__}).") from None
+class ClientGone(Exception):
+    """The streaming client closed its connection."""
+
+
+class EventSource:
+    """Upstream events as they arrive, read on the caller's greenlet.
+
+    ``next(timeout)`` returns the events that are available (all of them: one network read
+    often holds many), waiting up to ``timeout`` for some; it returns ``None`` when the time
+    is up, so the caller can send a keepalive. With a client socket, the wait also watches
+    it, and a client that goes away raises ``ClientGone`` at once instead of at the next write.
+    """
+
+    def __init__(self, response, read_timeout, client_socket=None):
+        self.body = UpstreamBody(response)
+        self._parser = SSEParser()
+        self._read_timeout = read_timeout
+        self._last_data = time.monotonic()
+        self._hub = get_hub()
+        self._upstream_watcher = self._hub.loop.io(self.body.fileno(), 1)
+        self._client_socket = client_socket
+        self._client_watcher = None
+        if client_socket is not None:
+            try:
+                self._client_watcher = self._hub.loop.io(client_socket.fileno(), 1)
+            except (OSError, ValueError):
+                self._client_socket = None
+
+    def next(self, timeout):
+        deadline = time.monotonic() + timeout if timeout else None
+        events = []
+        size = 0
+        while True:
+            try:
+                data = self.body.read()
+            except BodyError as exc:
+                if events:
+                    return events  # relay what arrived; the failure shows at the next read
+                raise StreamFailed(f"The upstream connection failed mid-stream: {exc}.") from None
+            if data is None:
+                if events:
+                    return events
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                self._wait(left)
+                continue
+            if data:
+                self._last_data = time.monotonic()
+                batch = self._parser.feed(data)
+                if batch:
+                    events += batch
+                    size += len(data)
+                    if size >= BATCH_BYTES:
+                        return events
+            if self.body.done:
+                if events:
+                    return events
+                raise StreamFailed("The upstream closed the stream before the response completed.")
+
+    def _wait(self, timeout):
+        """Sleep until the upstream or the client socket is readable, or ``timeout`` passes."""
+        silent_for = time.monotonic() - self._last_data
+        limit = self._read_timeout - silent_for
+        if limit <= 0:
+            raise StreamFailed(f"The upstream sent nothing for {self._read_timeout:g} seconds.")
+        timeout = limit if timeout is None else min(timeout, limit)
+        waiter = Waiter(self._hub)
+        timer = self._hub.loop.timer(timeout)
+        self._upstream_watcher.start(waiter.switch, _UPSTREAM)
+        if self._client_watcher is not None:
+            self._client_watcher.start(waiter.switch, _CLIENT)
+        timer.start(waiter.switch, _TIMER)
+        try:
+            woken_by = waiter.get()
+        finally:
+            self._upstream_watcher.stop()
+            if self._client_watcher is not None:
+                self._client_watcher.stop()
+            timer.close()
+        if woken_by is _CLIENT:
+            self._check_client()
+
+    def _check_client(self):
+        """The client socket turned readable: gone (EOF, reset), or just sent more bytes."""
+        try:
+            gone = self._client_socket.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            gone = True
+        if gone:
+            raise ClientGone()
+        # Pipelined bytes are the next request's: stop watching, writes will tell if it leaves.
+        self._client_watcher.close()
+        self._client_watcher = None
+
+    def close(self):
+        self._upstream_watcher.close()
+        if self._client_watcher is not None:
+            self._client_watcher.close()
+            self._client_watcher = None
+        self.body.close()
 
 
 class Tracker:
@@ -183,14 +273,13 @@ def usage_of(response):
 class SSERelay:
     """Relays one upstream stream to a client, with keepalives and disconnect detection.
 
-    A greenlet reads the upstream into a bounded queue (so a slow client slows the upstream read
-    instead of filling memory); the client side waits on the queue with the keepalive interval
-    as timeout. ``finish(relay)`` is called exactly once when the relay ends, however it ends.
+    The relay reads the upstream on the client's own greenlet: while it writes to a slow
+    client it does not read, so the upstream is slowed down instead of memory filling up.
+    ``finish(relay)`` is called exactly once when the relay ends, however it ends.
     """
 
-    def __init__(self, response, keepalive, finish, client_socket=None, started=None, tracker=None,
-                 on_progress=None):
-        self.response = response
+    def __init__(self, response, keepalive, read_timeout, finish, client_socket=None, started=None,
+                 tracker=None, on_progress=None):
         self.keepalive = keepalive or None
         self.tracker = tracker or Tracker()
         self.on_progress = on_progress
@@ -198,33 +287,18 @@ class SSERelay:
         self.ttfb = None
         self.started = time.perf_counter() if started is None else started
         self.client_gone = False
-        self._queue = Queue(QUEUE_DEPTH)
-        self._reader = gevent.spawn(self._read)
-        self._socket = client_socket
-        self._watcher = None
+        self._source = EventSource(response, read_timeout, client_socket)
         self._generator = None
         self._ended = False
-
-    def _read(self):
-        try:
-            for batch in upstream_batches(self.response):
-                self._queue.put(batch)
-            self._queue.put(_END)
-        except StreamFailed as exc:
-            self._queue.put(exc)
 
     def first(self, timeout):
         """Wait up to ``timeout`` for the first events; raise ``UpstreamError`` if the stream
         failed before sending any (so the client still gets a real status), None on timeout."""
         try:
-            item = self._queue.get(timeout=timeout)
-        except Empty:
-            return None
-        if item is _END or isinstance(item, StreamFailed):
-            self.release()
-            raise UpstreamError(str(item) if isinstance(item, StreamFailed)
-                                else "The upstream closed the stream before sending any event.")
-        return item
+            return self._source.next(timeout)
+        except (StreamFailed, ClientGone) as exc:
+            self._source.close()
+            raise UpstreamError(str(exc) or "The client went away.") from None
 
     def body(self, first=None):
         """The WSGI body: an iterable whose ``close()`` ends the relay even if never iterated."""
@@ -240,31 +314,11 @@ class SSERelay:
             self.client_gone = True
             self._end()
 
-    def _relay(self, first):
+    def _relay(self, events):
         try:
-            self._watch_client()
             # No event yet after a whole keepalive interval: the headers and a keepalive go out now.
-            item = KEEPALIVE if first is None else first
+            out = KEEPALIVE if events is None else frame(self.tracker.observe(events))
             while True:
-                if item is None:
-                    try:
-                        item = self._queue.get(timeout=self.keepalive)
-                    except Empty:
-                        item = KEEPALIVE
-                if item is _DISCONNECTED or self.client_gone:
-                    if self._client_closed():
-                        return
-                    item = None
-                    continue
-                if item is KEEPALIVE:
-                    out = KEEPALIVE
-                elif item is _END:
-                    out = frame([self.tracker.failure_event(
-                        "The upstream closed the stream before the response completed.")])
-                elif isinstance(item, StreamFailed):
-                    out = frame([self.tracker.failure_event(str(item))])
-                else:
-                    out = frame(self.tracker.observe(item))
                 if self.ttfb is None:
                     self.ttfb = time.perf_counter() - self.started
                 if self.on_progress is not None:
@@ -272,10 +326,14 @@ class SSERelay:
                 yield out
                 if self.tracker.terminal_name is not None:
                     return
-                item = None
-        except GeneratorExit:
+                try:
+                    events = self._source.next(self.keepalive)
+                except StreamFailed as exc:
+                    out = frame([self.tracker.failure_event(str(exc))])
+                    continue
+                out = KEEPALIVE if events is None else frame(self.tracker.observe(events))
+        except (GeneratorExit, ClientGone):
             self.client_gone = True
-            raise
         finally:
             self._end()
 
@@ -283,68 +341,42 @@ class SSERelay:
         if self._ended:
             return
         self._ended = True
-        self.release()
+        self._drain()
+        self._source.close()
         self.finish(self)
 
-    def release(self):
-        """Stop watching the client and reading the upstream, and close the upstream request."""
-        if self._watcher is not None:
-            self._watcher.stop()
-            self._watcher.close()
-            self._watcher = None
-        if self._reader is not None:
-            self._reader.kill(block=True, timeout=1)
-            self._reader = None
-        self.response.close()
-
-    # A client that goes away is otherwise only noticed at the next write, which may be a
-    # keepalive interval away; watching its socket lets the upstream request close at once.
-    def _watch_client(self):
-        if self._socket is None:
-            return
-        try:
-            self._watcher = gevent.get_hub().loop.io(self._socket.fileno(), 1)
-        except (OSError, ValueError):
-            return
-        self._watcher.start(self._on_readable)
-
-    def _on_readable(self):
-        self._watcher.stop()
-        self.client_gone = True
-        try:
-            self._queue.put_nowait(_DISCONNECTED)
-        except Full:
-            pass  # the client side is busy writing and will see the flag
-
-    def _client_closed(self):
-        """After the client socket turned readable: has the client gone (EOF or reset)?"""
-        self.client_gone = False
-        try:
-            gone = self._socket.recv(1, socket.MSG_PEEK) == b""
-        except OSError:
-            gone = True
-        self.client_gone = gone
-        return gone
+    def _drain(self):
+        """After the terminal event, take the end of the body if it is already there, so the
+        connection can serve another request; never wait for it."""
+        if self.tracker.terminal_name is not None and not self._source.body.done:
+            try:
+                while self._source.body.read():
+                    pass
+            except Exception:  # the connection is closed instead of reused: nothing lost
+                pass
 
 
-def fold(response, tracker=None, on_progress=None):
+def fold(response, read_timeout, tracker=None, on_progress=None):
     """Read a whole upstream stream and return (tracker, response object).
 
     The object comes from the terminal event; if its ``output`` is empty it is rebuilt from the
     ``response.output_item.done`` items, which the backend sends that way.
     """
     tracker = tracker or Tracker(collect_items=True)
+    source = EventSource(response, read_timeout)
     try:
-        for batch in upstream_batches(response):
-            tracker.observe(batch)
+        while tracker.terminal_name is None:
+            tracker.observe(source.next(None))
             if on_progress is not None:
                 on_progress()
-            if tracker.terminal_name is not None:
-                break
+        while source.body.read():  # the end of the body, if it is there: the connection is reused
+            pass
     except StreamFailed as exc:
         raise UpstreamError(str(exc)) from None
+    except BodyError:
+        pass
     finally:
-        response.close()
+        source.close()
     if tracker.terminal_name is None:
         raise UpstreamError("The upstream closed the stream before the response completed.")
     if tracker.terminal_name == b"error":

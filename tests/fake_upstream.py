@@ -178,7 +178,7 @@ class QuietServer(ThreadingHTTPServer):
 class FakeUpstream:
     """Behaviours (dicts) scripted with ``push``; see ``_serve_responses`` for their keys."""
 
-    def __init__(self):
+    def __init__(self, tls_context=None):
         self.requests = []
         self.closed_early = []  # {response_id, time} of streams whose client went away
         self.models = list(MODELS)
@@ -191,6 +191,9 @@ class FakeUpstream:
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self.base_url = f"http://127.0.0.1:{self.port}"
+        if tls_context is not None:
+            self._server.socket = tls_context.wrap_socket(self._server.socket, server_side=True)
+            self.base_url = f"https://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def start(self):
@@ -366,6 +369,8 @@ class FakeUpstream:
                     if readable:
                         try:
                             closed = self.connection.recv(1, socket.MSG_PEEK) == b""
+                        except ValueError:  # TLS: no peeking; just sleep
+                            closed = False
                         except OSError:
                             closed = True
                         if closed:

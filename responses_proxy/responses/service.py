@@ -55,6 +55,7 @@ class ResponsesService:
         self.catalog = catalog
         self.recorder = recorder
         self.keepalive = config["KEEPALIVE_SECONDS"]
+        self.read_timeout = config["UPSTREAM_READ_TIMEOUT"]
         self.default_cooldown = config["DEFAULT_COOLDOWN_SECONDS"]
         self.max_attempts = config["MAX_ATTEMPTS"]
 
@@ -191,8 +192,8 @@ class ResponsesService:
                 record.finish(200, tracker.error_code(), sse.ttfb, tracker.final_response())
             settle(turn, tracker, new_items)
 
-        sse = relay.SSERelay(response, self.keepalive, finish, client_socket, record.started, tracker,
-                             turn.keep_alive if turn is not None else None)
+        sse = relay.SSERelay(response, self.keepalive, self.read_timeout, finish, client_socket, record.started,
+                             tracker, turn.keep_alive if turn is not None else None)
         try:
             first = sse.first(self.keepalive)
         except ApiError as exc:
@@ -204,7 +205,8 @@ class ResponsesService:
 
     def complete(self, response, record, tracker, turn, new_items):
         try:
-            tracker, result = relay.fold(response, tracker, turn.keep_alive if turn is not None else None)
+            tracker, result = relay.fold(response, self.read_timeout, tracker,
+                                         turn.keep_alive if turn is not None else None)
         except ApiError as exc:
             if turn is not None:
                 turn.abort()
