@@ -296,9 +296,12 @@ class SSERelay:
         failed before sending any (so the client still gets a real status), None on timeout."""
         try:
             return self._source.next(timeout)
-        except (StreamFailed, ClientGone) as exc:
+        except StreamFailed as exc:
             self._source.close()
-            raise UpstreamError(str(exc) or "The client went away.") from None
+            raise UpstreamError(str(exc)) from None
+        except ClientGone:
+            self._source.close()
+            raise
 
     def body(self, first=None):
         """The WSGI body: an iterable whose ``close()`` ends the relay even if never iterated."""

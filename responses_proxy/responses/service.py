@@ -196,11 +196,14 @@ class ResponsesService:
                              tracker, turn.keep_alive if turn is not None else None)
         try:
             first = sse.first(self.keepalive)
-        except ApiError as exc:
+        except (ApiError, relay.ClientGone) as exc:
             if turn is not None:
                 turn.abort()
-            record.finish(exc.status, exc.code)
-            raise
+            if isinstance(exc, ApiError):
+                record.finish(exc.status, exc.code)
+                raise
+            record.finish(499, "client_closed")
+            return []  # nobody is there to read it
         return sse.body(first)
 
     def complete(self, response, record, tracker, turn, new_items):

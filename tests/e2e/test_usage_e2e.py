@@ -1,5 +1,7 @@
 """One usage row per request, as the operator reads it from the database."""
 
+import time
+
 import requests
 
 from tests.e2e.conftest import (ACCOUNT, RawStream, account_ids, auth, key_id, request_id, split_frames, usage_row,
@@ -108,6 +110,20 @@ def test_a_stream_the_client_abandoned_leaves_a_usage_row(e2e, upstream):
     assert row["account_id"] in account_ids(e2e)
     assert row["stream"] is True
     assert row["model"] == "gpt-5.2"
-    assert row["status"] != 200 or row["error_code"], "an abandoned stream was recorded as a success"
+    assert (row["status"], row["error_code"]) == (499, "client_closed")
     assert row["ttfb_ms"] is not None
     assert wait_for(lambda: upstream.closed_early, timeout=5)
+
+
+def test_a_client_that_hangs_up_before_the_first_byte_closes_the_upstream_too(e2e, upstream):
+    # The upstream says nothing for 30 s; the client gives up after sending its request.
+    upstream.push({"stall_at": 0, "stall": 30}, account=ACCOUNT)
+    rid = request_id()
+    client = RawStream(e2e, {"model": "gpt-5.2", "input": "hi"}, headers={"X-Request-Id": rid})
+    wait_for(lambda: upstream.response_requests(), timeout=5)
+    client.close()
+    hung_up = time.time()
+    closed = wait_for(lambda: list(upstream.closed_early), timeout=8)
+    assert closed and closed[0]["time"] - hung_up < 8
+    row = usage_row(e2e, rid, timeout=8)
+    assert (row["status"], row["error_code"]) == (499, "client_closed")
