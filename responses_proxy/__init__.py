@@ -19,6 +19,7 @@ class Services:
         from .upstream.client import UpstreamClient
         from .upstream.pool import AccountPool
 
+        self.settings = config
         self.engine = make_engine(config["DATABASE_URL"])
         self.cipher = cipher_for(config)
         self.client = UpstreamClient(config)
@@ -34,7 +35,9 @@ def create_app(config=None):
     """Build the app: settings from the environment, overridden by ``config`` (tests)."""
     app = Flask(__name__)
     settings = load_config(overrides=config)
-    app.config.update(settings)
+    # Flask would sign its sessions with a SECRET_KEY: the token key stays out of Flask's config
+    # (an app extending this one sets its own). Services keep the full settings.
+    app.config.update({name: value for name, value in settings.items() if name != "SECRET_KEY"})
     configure_logging(app)
     app.extensions["responses_proxy"] = Services(settings)
     register_error_handlers(app)

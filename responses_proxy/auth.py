@@ -8,22 +8,26 @@ from .errors import InvalidApiKey
 from .store import keys
 
 
-def authenticate(header):
-    """The key row for an ``Authorization`` header value, or ``InvalidApiKey``."""
+def authenticate(engine, header):
+    """(the key row for an ``Authorization`` header value, the accounts version read with it),
+    or ``InvalidApiKey``."""
     scheme, _, token = (header or "").partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise InvalidApiKey("Missing API key: send it as 'Authorization: Bearer <key>'.")
-    key = keys.find_active(current_app.extensions["responses_proxy"].engine, token)
+    key, accounts_version = keys.find_active_with_accounts_version(engine, token)
     if key is None:
         raise InvalidApiKey("Incorrect API key provided, or the key was revoked.")
-    return key
+    return key, accounts_version
 
 
 def require_api_key(view):
     @functools.wraps(view)
     def wrapper(*args, **kwargs):
-        g.api_key = authenticate(request.headers.get("Authorization"))
-        return view(*args, **kwargs)
+        services = current_app.extensions["responses_proxy"]
+        g.api_key, accounts_version = authenticate(services.engine, request.headers.get("Authorization"))
+        # The key's query also read the accounts version: the pool's check needs no query of its own.
+        with services.pool.version_read(accounts_version):
+            return view(*args, **kwargs)
 
     return wrapper

@@ -254,7 +254,7 @@ def settings(as_json):
     """Show every RESPONSES_PROXY_* setting and its effective value."""
     values = {}
     for setting in SETTINGS:
-        value = current_app.config[setting.name]
+        value = services().settings[setting.name]
         if setting.name == "SECRET_KEY" and value:
             value = "(set)"
         elif setting.name == "DATABASE_URL":

@@ -13,7 +13,9 @@ def read_json_body(limit):
     length = request.content_length
     if length is not None and length > limit:
         raise too_large(limit)
-    raw = request.stream.read(limit + 1)
+    # One byte past what is accepted, to see a body without Content-Length that is too long;
+    # no more than that: the stream allocates a buffer of the size asked for (64 MiB by default).
+    raw = request.stream.read((limit if length is None else length) + 1)
     if len(raw) > limit:
         raise too_large(limit)
     if not raw.strip():

@@ -344,3 +344,9 @@ def test_settings_hide_the_database_password(tmp_path, upstream, postgres_url):
     assert "RESPONSES_PROXY_DATABASE_URL=" in result.output
     assert "hunter2-db-password" not in result.output
     assert "hunter2-db-password" not in as_json.output
+
+
+def test_the_token_key_is_not_flasks_session_key(app, runner):
+    # Flask signs sessions with SECRET_KEY; the key that encrypts upstream tokens is not it.
+    assert app.config.get("SECRET_KEY") is None
+    assert app.extensions["responses_proxy"].settings["SECRET_KEY"]

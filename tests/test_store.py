@@ -196,6 +196,21 @@ def test_remove_account(engine, cipher):
     assert [row["id"] for row in raw_rows(engine, accounts)] == [keep["id"]]
 
 
+def test_the_key_lookup_reads_the_accounts_version_too(engine, cipher):
+    created = key_store.create(engine, "app", ["gpt-5.2"])
+    assert key_store.find_active_with_accounts_version(engine, "sk-rp-unknown") == (None, (0, None))
+
+    account, _ = account_store.upsert(engine, cipher, credentials(account_id="acct-1"))
+    key, version = key_store.find_active_with_accounts_version(engine, created["key"])
+    assert key == key_store.find_active(engine, created["key"])
+    assert version == account_store.version(engine) and version[0] == 1
+
+    account_store.set_cooldown(engine, account["id"], time.time() + 60, "usage limit")
+    key_store.revoke(engine, created["id"])
+    key, changed = key_store.find_active_with_accounts_version(engine, created["key"])
+    assert key is None and changed == account_store.version(engine) != version
+
+
 # --- usage ----------------------------------------------------------------------------------------
 
 def usage_row(created_at, key_id="key_a", account_id="acct_a", model="gpt-5.2", status=200, tokens=(10, 2, 5, 1),

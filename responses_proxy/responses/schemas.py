@@ -3,14 +3,15 @@
 Each failure names the problem and the ``param`` it is about (``tools[2].type``,
 ``input[0].content[1].file_id``...). Unknown top-level fields pass through untouched; new
 client fields must not break clients. Input items are checked by a plain loop in a schema
-validator rather than nested schemas: a Codex history holds hundreds of items.
+validator rather than nested schemas: a Codex history holds hundreds of items. Tools too, by a
+field that gives the errors a nested schema would: a Codex request carries a dozen on every turn.
 """
 
 from marshmallow import ValidationError, fields, validates_schema
 
 from ..conversations.service import CONVERSATION_ID
-from ..validation import (Boolean, Integer, Nested, Number, Object, Passthrough, String, StringOrArray,
-                          StringOrObject, field, load, nested_list, quoted)
+from ..validation import (EXPECTED, MISSING, Array, Boolean, Integer, Nested, Number, Object, Passthrough, String,
+                          StringOrArray, StringOrObject, field, load, nested_list, quoted)
 
 UNSUPPORTED_TOOL_TYPES = frozenset((
     "file_search", "code_interpreter", "computer_use", "computer_use_preview", "image_generation"))
@@ -86,16 +87,45 @@ class MessageSchema(Passthrough):
             check_parts(data["content"], "content")
 
 
-class ToolSchema(Passthrough):
-    type = field(String, "a string", required=True, allow_none=False)
-    name = field(String, "a string")
-    description = field(String, "a string")
-    parameters = field(Object, "an object")
-    strict = field(Boolean, "a boolean")
+class Tools(Array):
+    """An array of tool objects, each checked as a nested schema with these fields and
+    ``check_tool`` would check it, with the same errors, in a plain loop."""
 
-    @validates_schema(skip_on_field_errors=True)
-    def check_tool(self, data, **kwargs):
-        check_tool(data, "")
+    # (name, JSON types, expected) of a tool's typed fields, in the order their errors are reported;
+    # ``type`` is required, the others may be null.
+    FIELDS = (("type", (str,), "a string"), ("name", (str,), "a string"), ("description", (str,), "a string"),
+              ("parameters", (dict,), "an object"), ("strict", (bool,), "a boolean"))
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        super()._deserialize(value, attr, data, **kwargs)
+        for index, tool in enumerate(value):
+            errors = tool_errors(tool)
+            if errors:
+                raise ValidationError({index: errors})
+        return value
+
+
+def tool_errors(tool):
+    """What a nested tool schema reports about ``tool``: marshmallow's error messages, or None."""
+    if tool is None:
+        return [EXPECTED + "an object"]
+    if not isinstance(tool, dict):
+        return {"_schema": [EXPECTED + "an object"]}
+    errors = {}
+    for name, types, expected in Tools.FIELDS:
+        value = tool.get(name)
+        if value is None:
+            if name == "type":
+                errors[name] = [MISSING if name not in tool else EXPECTED + expected]
+        elif not isinstance(value, types):
+            errors[name] = [EXPECTED + expected]
+    if errors:
+        return errors
+    try:
+        check_tool(tool, "")
+    except ValidationError as exc:
+        return {exc.field_name: exc.messages}
+    return None
 
 
 class ResponsesRequestSchema(Passthrough):
@@ -103,7 +133,7 @@ class ResponsesRequestSchema(Passthrough):
     input = field(StringOrArray, "a string or an array of input items")
     messages = nested_list(MessageSchema, "an object")
     instructions = field(String, "a string")
-    tools = nested_list(ToolSchema, "an object")
+    tools = field(Tools, "an array")
     tool_choice = field(StringOrObject, "a string or an object")
     parallel_tool_calls = field(Boolean, "a boolean")
     reasoning = Nested(ReasoningSchema, "an object")

@@ -28,4 +28,5 @@ def create_response():
         response = jsonify(result)
         response.headers.update(headers)
         return response
-    return Response(result, headers={**SSE_HEADERS, **headers})
+    # The relay yields bytes: no re-encoding layer between it and the server.
+    return Response(result, headers={**SSE_HEADERS, **headers}, direct_passthrough=True)

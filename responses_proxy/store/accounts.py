@@ -101,9 +101,12 @@ def public(row):
         "last_refresh", "last_error", "last_error_at", "quota", "quota_checked_at", "created_at", "updated_at")}
 
 
+_ALL_ROWS = select(accounts).order_by(accounts.c.created_at)
+
+
 def all_rows(engine):
     with engine.connect() as conn:
-        return conn.execute(select(accounts).order_by(accounts.c.created_at)).mappings().all()
+        return conn.execute(_ALL_ROWS).mappings().all()
 
 
 def read(engine, account_id):
@@ -111,10 +114,16 @@ def read(engine, account_id):
         return conn.execute(select(accounts).where(accounts.c.id == account_id)).mappings().first()
 
 
+# What changes whenever any account row does: their number and the newest updated_at. Built
+# once: statements are checked on every request, and building one costs more than running it.
+VERSION_COLUMNS = (func.count().label("accounts_count"), func.max(accounts.c.updated_at).label("accounts_updated_at"))
+_VERSION = select(*VERSION_COLUMNS)
+
+
 def version(engine):
     """Changes whenever any account row does: (count, newest updated_at)."""
     with engine.connect() as conn:
-        return tuple(conn.execute(select(func.count(), func.max(accounts.c.updated_at))).one())
+        return tuple(conn.execute(_VERSION).one())
 
 
 def set_status(engine, account_id, status):

@@ -4,8 +4,9 @@ import hashlib
 import secrets
 import time
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import and_, bindparam, insert, select, update
 
+from .accounts import VERSION_COLUMNS
 from .tables import api_keys
 
 KEY_PREFIX = "sk-rp-"
@@ -32,14 +33,25 @@ def create(engine, name, allowed_models=None):
     return public(row) | {"key": plaintext}
 
 
+# Every API request needs its key and the accounts version (the pool's snapshot check): one
+# statement reads both, one row always, the key's columns NULL when no unrevoked key matches.
+_accounts_version = select(*VERSION_COLUMNS).subquery()
+_FIND_ACTIVE = select(api_keys.c.id, api_keys.c.name, api_keys.c.allowed_models, *_accounts_version.c).select_from(
+    _accounts_version.outerjoin(api_keys, and_(api_keys.c.key_hash == bindparam("key_hash"),
+                                               api_keys.c.revoked_at.is_(None))))
+
+
 def find_active(engine, plaintext):
     """The unrevoked key whose digest matches, or None."""
+    return find_active_with_accounts_version(engine, plaintext)[0]
+
+
+def find_active_with_accounts_version(engine, plaintext):
+    """(``find_active``, ``accounts.version``), read in one round trip."""
     with engine.connect() as conn:
-        row = conn.execute(
-            select(api_keys.c.id, api_keys.c.name, api_keys.c.allowed_models)
-            .where(api_keys.c.key_hash == hash_key(plaintext), api_keys.c.revoked_at.is_(None))
-        ).mappings().first()
-    return dict(row) if row else None
+        row = conn.execute(_FIND_ACTIVE, {"key_hash": hash_key(plaintext)}).one()
+    key = {"id": row.id, "name": row.name, "allowed_models": row.allowed_models} if row.id is not None else None
+    return key, (row.accounts_count, row.accounts_updated_at)
 
 
 def list_all(engine):

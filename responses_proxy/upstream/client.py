@@ -6,6 +6,8 @@ import time
 import orjson
 import requests
 from requests.adapters import HTTPAdapter
+from requests.cookies import RequestsCookieJar, extract_cookies_to_jar, merge_cookies
+from requests.structures import CaseInsensitiveDict
 from requests.utils import get_environ_proxies
 
 from ..errors import ApiError, InvalidRequest, UpstreamError, UsageLimitReached
@@ -80,10 +82,31 @@ class UpstreamClient:
         headers["Accept"] = "text/event-stream"
         headers["Accept-Encoding"] = "identity"
         try:
-            return self.session.post(self.responses_url, data=body, headers=headers, stream=True,
-                                     timeout=self.timeout)
+            return self._post(self.responses_url, headers, body)
         except requests.RequestException as exc:
             raise UpstreamUnavailable(describe_exception(exc)) from None
+
+    def _post(self, url, headers, body):
+        """``session.post(url, data=body, headers=headers, stream=True, timeout=self.timeout)``,
+        without what ``Session.request`` redoes on every call for nothing here: merging the
+        environment (read into the session once), params, auth and hooks (there are none).
+        Cookies and redirects are handled as ``Session.send`` handles them."""
+        session = self.session
+        merged = CaseInsensitiveDict(session.headers)
+        merged.update(headers)
+        request = requests.PreparedRequest()
+        request.prepare(method="POST", url=url, headers=merged, data=body,
+                        cookies=merge_cookies(RequestsCookieJar(), session.cookies))
+        send = {"stream": True, "timeout": self.timeout, "verify": session.verify, "proxies": session.proxies,
+                "cert": session.cert}
+        response = session.get_adapter(url).send(request, **send)
+        if "set-cookie" in response.headers:  # what extract_cookies_to_jar looks for, checked cheaply
+            extract_cookies_to_jar(session.cookies, request, response.raw)
+        if response.is_redirect:
+            history = [response, *session.resolve_redirects(response, request, **send)]
+            response = history.pop()
+            response.history = history
+        return response
 
     def get_quota(self, credentials):
         """The account's plan windows from {base}/wham/usage."""

@@ -3,10 +3,13 @@
 Everything that must hold across workers and hosts lives in the database: account status,
 cooldowns, the refresh lock, cache affinity, quota windows and each worker's in-flight counts.
 Each worker keeps a snapshot of the account rows and reloads it whenever a row changed (one
-cheap query per request), so a cooldown set by one worker is obeyed by all at once.
+cheap query per request, fused with the API key's), so a cooldown set by one worker is obeyed by
+all at once.
 """
 
 import collections
+import contextlib
+import contextvars
 import hashlib
 import logging
 import os
@@ -34,6 +37,9 @@ LOAD_STALE_SECONDS = 10.0
 RECENT_USAGE_SECONDS = 30.0
 AFFINITY_TRUST_SECONDS = 5.0
 AFFINITY_LOCAL_MAX = 50_000
+
+# The accounts version read in this request with its API key (see ``AccountPool.version_read``).
+_version_read = contextvars.ContextVar("accounts_version_read", default=None)
 
 
 class Account:
@@ -116,8 +122,23 @@ class AccountPool:
 
     # -- the account rows ------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def version_read(self, version):
+        """Within this block (one request, after authentication) the next snapshot check takes
+        ``version``, read from the database in this request, instead of asking again. Only the
+        next: a later check (a failover) must see the cooldowns this request wrote meanwhile."""
+        token = _version_read.set(version)
+        try:
+            yield
+        finally:
+            _version_read.reset(token)
+
     def _snapshot(self):
-        version = account_store.version(self._engine)
+        version = _version_read.get()
+        if version is None:
+            version = account_store.version(self._engine)
+        else:
+            _version_read.set(None)
         if version != self._version:
             self._rows = account_store.all_rows(self._engine)
             self._version = version
