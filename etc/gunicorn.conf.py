@@ -31,6 +31,10 @@ graceful_timeout = int(env("GRACEFUL_TIMEOUT", 120))
 # connections sooner (etc/nginx.conf.example: keepalive_timeout 4s).
 keepalive = int(env("KEEPALIVE", 5))
 backlog = int(env("BACKLOG", 4096))
+# Each worker listens on a socket of its own (SO_REUSEPORT) and the kernel spreads new
+# connections over them. On one shared socket, a burst of connections (an SDK's pool, a
+# proxy's keep-alive connections) tends to land on a single worker and stays there.
+reuse_port = env("REUSE_PORT", "on").lower() not in ("off", "0", "no", "false")
 accesslog = env("ACCESS_LOG", "-")
 if accesslog.lower() in ("off", "none", "0"):
     accesslog = None

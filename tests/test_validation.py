@@ -26,15 +26,19 @@ INVALID = "invalid_request_error"
 DROP = object()
 
 
-def body(**changes):
-    """A valid minimal body with ``changes`` applied (``DROP`` removes a field)."""
-    result = {"model": MODEL, "input": "Hello"}
+def changed(result, changes):
+    """``result`` with ``changes`` applied (``DROP`` removes a field)."""
     for key, value in changes.items():
         if value is DROP:
             result.pop(key, None)
         else:
             result[key] = value
     return result
+
+
+def body(**changes):
+    """A valid minimal body with ``changes`` applied."""
+    return changed({"model": MODEL, "input": "Hello"}, changes)
 
 
 def user(content):
@@ -521,12 +525,7 @@ def codex_body(**changes):
         "text": {"verbosity": "low"},
     }
     result.pop("instructions")
-    for key, value in changes.items():
-        if value is DROP:
-            result.pop(key, None)
-        else:
-            result[key] = value
-    return result
+    return changed(result, changes)
 
 
 def forwarded_as_is(request_body):
