@@ -59,6 +59,12 @@ def on_starting(server):
 
 
 def post_worker_init(worker):
+    if reuse_port:
+        # gunicorn accepts one connection per loop turn when workers share a socket (so that
+        # one worker does not take them all). With a socket per worker that is the kernel's
+        # job, and accepting in batches lets thousands of streams open quickly while
+        # thousands of others are relayed. (gunicorn reads this worker count for that alone.)
+        worker.cfg.set("workers", 1)
     services = getattr(worker.wsgi, "extensions", {}).get("responses_proxy")
     if services is not None:
         services.pool.start_maintenance()
