@@ -24,15 +24,6 @@ def _str(value):
     return value
 
 
-def _bool(value):
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"not a boolean: {value!r}")
-
-
 def _positive(parse):
     def check(value):
         parsed = parse(value)

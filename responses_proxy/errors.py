@@ -107,12 +107,6 @@ class UsageLimitReached(ApiError):
         super().__init__(message, headers=headers, extra=extra)
 
 
-class NotImplementedYet(ApiError):
-    status = 501
-    type = "invalid_request_error"
-    code = "not_implemented"
-
-
 class UpstreamError(ApiError):
     status = 502
     type = "upstream_error"

@@ -184,10 +184,6 @@ class Tracker:
         items = sorted(self.items or (), key=lambda event: event.get("output_index", 0))
         return [event["item"] for event in items if isinstance(event.get("item"), dict)]
 
-    @property
-    def response_id(self):
-        return self.created.get("id") if isinstance(self.created, dict) else None
-
     def final_response(self):
         """The response object of the terminal event (None for an ``error`` event)."""
         if self.terminal_name == b"error" or not isinstance(self.terminal, dict):

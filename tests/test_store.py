@@ -304,3 +304,22 @@ def test_recorder_survives_a_database_error(bare_engine):
     batching = UsageRecorder(bare_engine, 3600)
     batching.record(usage_row(time.time()))
     batching.flush()
+
+
+def test_expired_affinity_rows_are_pruned(database_url):
+    from responses_proxy.store import pool_state
+
+    engine = make_engine(database_url)
+    try:
+        migrate.upgrade(engine)
+        now = time.time()
+        pool_state.affinity_put(engine, [{"cache_key": "old", "account_id": "acct_a", "updated_at": now - 7200},
+                                         {"cache_key": "new", "account_id": "acct_b", "updated_at": now}])
+        assert pool_state.affinity_prune(engine, now - 1800) == 1
+        assert pool_state.affinity_get(engine, "old", 0) is None
+        assert pool_state.affinity_get(engine, "new", now - 1800) == "acct_b"
+        # Re-putting a key moves it (upsert), on both databases.
+        pool_state.affinity_put(engine, [{"cache_key": "new", "account_id": "acct_c", "updated_at": now + 1}])
+        assert pool_state.affinity_get(engine, "new", now - 1800) == "acct_c"
+    finally:
+        engine.dispose()

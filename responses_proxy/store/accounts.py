@@ -70,12 +70,6 @@ def usable(engine, now=None):
         ).mappings().all()
 
 
-def states(engine):
-    """(status, cooldown_until) of every account: enough to explain why none is usable."""
-    with engine.connect() as conn:
-        return conn.execute(select(accounts.c.id, accounts.c.status, accounts.c.cooldown_until)).mappings().all()
-
-
 def tokens(cipher, row):
     return orjson.loads(cipher.decrypt(row["tokens"]))
 

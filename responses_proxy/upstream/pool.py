@@ -37,19 +37,18 @@ LOAD_STALE_SECONDS = 10.0
 RECENT_USAGE_SECONDS = 30.0
 AFFINITY_TRUST_SECONDS = 5.0
 AFFINITY_LOCAL_MAX = 50_000
+AFFINITY_PRUNE_SECONDS = 600.0  # how often a worker deletes expired affinity rows
 
 # The accounts version read in this request with its API key (see ``AccountPool.version_read``).
 _version_read = contextvars.ContextVar("accounts_version_read", default=None)
 
 
 class Account:
-    __slots__ = ("id", "chatgpt_account_id", "plan", "tokens", "credentials", "access_expires_at", "last_refresh",
-                 "quota")
+    __slots__ = ("id", "chatgpt_account_id", "tokens", "credentials", "access_expires_at", "last_refresh", "quota")
 
     def __init__(self, row, tokens):
         self.id = row["id"]
         self.chatgpt_account_id = row["chatgpt_account_id"]
-        self.plan = row["plan"]
         self.tokens = tokens
         self.credentials = {"access_token": tokens["access_token"], "chatgpt_account_id": row["chatgpt_account_id"]}
         self.access_expires_at = row["access_expires_at"]
@@ -193,12 +192,15 @@ class AccountPool:
         return self._account(chosen), decision
 
     def _busyness(self, row):
-        """Sort key: in-flight requests (all workers), plan headroom, recent requests, chance."""
+        """Sort key: in-flight requests (all workers) weighed with plan use, then recent
+        requests, then chance. Every 10% of the fuller plan window counts as one request in
+        flight: an account at 95% serves only when the others are nine requests busier, and a
+        one-request difference (or a load report a second old) never outweighs headroom."""
         account_id = row["id"]
         remote = self._remote_loads()
         recent = self._recent_usage().get(account_id, (0, 0))[0] + self._dispatched[account_id]
-        return (self._in_flight[account_id] + remote.get(account_id, 0), int(used_percent(row["quota"]) // 10),
-                recent, random.random())
+        used = int(used_percent(row["quota"]) // 10)
+        return (self._in_flight[account_id] + remote.get(account_id, 0) + used, used, recent, random.random())
 
     def _remote_loads(self):
         now = time.time()
@@ -365,11 +367,14 @@ class AccountPool:
 
     def _maintain(self):
         stop = threading.Event()
-        last_quota = 0.0
+        last_quota = last_prune = 0.0
         while not stop.wait(LOAD_REPORT_SECONDS):
             try:
                 self.report_load()
                 self.flush_affinity()
+                if time.time() - last_prune > AFFINITY_PRUNE_SECONDS:
+                    last_prune = time.time()
+                    pool_state.affinity_prune(self._engine, last_prune - self._affinity_ttl)
                 if self._quota_interval and time.time() - last_quota > min(self._quota_interval, 60):
                     last_quota = time.time()
                     self.poll_quotas()
