@@ -131,6 +131,15 @@ class EventSource:
         self._client_watcher.close()
         self._client_watcher = None
 
+    def drain(self):
+        """After the terminal event: take the end of the body if it already arrived, so the
+        connection can serve another request (else it is closed). Never waits."""
+        try:
+            while self.body.read():
+                pass
+        except BodyError:
+            pass
+
     def close(self):
         self._upstream_watcher.close()
         if self._client_watcher is not None:
@@ -340,19 +349,10 @@ class SSERelay:
         if self._ended:
             return
         self._ended = True
-        self._drain()
+        if self.tracker.terminal_name is not None:
+            self._source.drain()
         self._source.close()
         self.finish(self)
-
-    def _drain(self):
-        """After the terminal event, take the end of the body if it is already there, so the
-        connection can serve another request; never wait for it."""
-        if self.tracker.terminal_name is not None and not self._source.body.done:
-            try:
-                while self._source.body.read():
-                    pass
-            except Exception:  # the connection is closed instead of reused: nothing lost
-                pass
 
 
 def fold(response, read_timeout, tracker=None, on_progress=None):
@@ -368,12 +368,9 @@ def fold(response, read_timeout, tracker=None, on_progress=None):
             tracker.observe(source.next(None))
             if on_progress is not None:
                 on_progress()
-        while source.body.read():  # the end of the body, if it is there: the connection is reused
-            pass
+        source.drain()
     except StreamFailed as exc:
         raise UpstreamError(str(exc)) from None
-    except BodyError:
-        pass
     finally:
         source.close()
     if tracker.terminal_name is None:

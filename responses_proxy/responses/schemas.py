@@ -28,6 +28,7 @@ INCLUDE_VALUES = (
 )
 MESSAGE_ROLES = ("user", "assistant", "system", "developer", "tool")
 
+
 class ReasoningSchema(Passthrough):
     effort = field(String, "a string")
     summary = field(String, "a string")

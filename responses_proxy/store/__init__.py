@@ -1,8 +1,9 @@
 """Storage: one SQLAlchemy engine per process, SQLite (WAL) by default, PostgreSQL by URL."""
 
 import os
+import time
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, or_, update
 from sqlalchemy.engine import make_url
 
 
@@ -26,3 +27,13 @@ def make_engine(url):
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=20)
+
+
+def take_lease(engine, table, row_id, until, owner_column, owner, seconds):
+    """Mark a row held by ``owner`` for ``seconds`` unless someone else holds a live lease on
+    it (one conditional UPDATE, so two processes never both win); True when taken."""
+    now = time.time()
+    with engine.begin() as conn:
+        return conn.execute(update(table).where(
+            table.c.id == row_id, or_(until.is_(None), until < now),
+        ).values({until: now + seconds, owner_column: owner})).rowcount == 1

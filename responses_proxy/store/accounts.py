@@ -6,6 +6,7 @@ import time
 import orjson
 from sqlalchemy import delete, func, insert, or_, select, update
 
+from . import take_lease
 from .tables import accounts
 
 ACTIVE, DISABLED, NEEDS_RELOGIN = "active", "disabled", "needs_relogin"
@@ -128,12 +129,8 @@ def set_status(engine, account_id, status):
 
 def try_lock_refresh(engine, account_id, owner, hold_seconds):
     """Take the account's refresh lock unless another process holds a live one."""
-    now = time.time()
-    with engine.begin() as conn:
-        return conn.execute(update(accounts).where(
-            accounts.c.id == account_id,
-            or_(accounts.c.refresh_lock_until.is_(None), accounts.c.refresh_lock_until < now),
-        ).values(refresh_lock_until=now + hold_seconds, refresh_lock_owner=owner)).rowcount == 1
+    return take_lease(engine, accounts, account_id, accounts.c.refresh_lock_until, accounts.c.refresh_lock_owner,
+                      owner, hold_seconds)
 
 
 def save_refreshed(engine, cipher, account_id, owner, tokens, access_expires_at):

@@ -4,8 +4,9 @@ import secrets
 import time
 
 import orjson
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import delete, func, insert, select, update
 
+from . import take_lease
 from .tables import conversation_items, conversations
 
 ID_PREFIXES = {"message": "msg", "function_call_output": "fco", "function_call": "fc", "reasoning": "rs"}
@@ -59,12 +60,8 @@ def delete_conversation(engine, conversation_id):
 
 def acquire_turn(engine, conversation_id, owner, lease):
     """Take the conversation's turn lease; False while another turn holds a live one."""
-    now = time.time()
-    with engine.begin() as conn:
-        return conn.execute(update(conversations).where(
-            conversations.c.id == conversation_id,
-            or_(conversations.c.busy_until.is_(None), conversations.c.busy_until < now),
-        ).values(busy_until=now + lease, busy_owner=owner)).rowcount == 1
+    return take_lease(engine, conversations, conversation_id, conversations.c.busy_until,
+                      conversations.c.busy_owner, owner, lease)
 
 
 def renew_turn(engine, conversation_id, owner, lease):
