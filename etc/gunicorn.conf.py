@@ -55,7 +55,10 @@ if _soft < _hard:
 def on_starting(server):
     # Migrations run once, before any worker forks, in a separate interpreter so that the
     # master never imports the app (nor SQLAlchemy, nor anything gevent should patch first).
-    subprocess.run([sys.executable, "-m", "responses_proxy.store.migrate"], check=True)
+    # It prints its own one-line error; gunicorn stops here rather than start workers on a
+    # database it cannot use.
+    if subprocess.run([sys.executable, "-m", "responses_proxy.store.migrate"]).returncode != 0:
+        sys.exit(1)
 
 
 def post_worker_init(worker):

@@ -1,5 +1,6 @@
 """Operator commands: ``flask --app wsgi keys|accounts|usage|db|settings``; each takes ``--json``."""
 
+import functools
 import re
 import time
 from datetime import datetime, timezone
@@ -7,8 +8,9 @@ from datetime import datetime, timezone
 import click
 import orjson
 from flask import current_app
-from flask.cli import AppGroup, with_appcontext
+from flask.cli import AppGroup, ScriptInfo, with_appcontext
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from .config import PREFIX, SETTINGS
 from .store import accounts as account_store
@@ -23,6 +25,44 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 
 def services():
     return current_app.extensions["responses_proxy"]
+
+
+class Command(click.Command):
+    """A command whose failures are one line on stderr and a non-zero exit, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except SQLAlchemyError as exc:
+            raise click.ClickException(f"database error ({database_of(ctx)}): {migrate.describe_error(exc)}") \
+                from None
+        except Exception as exc:  # an operator gets a sentence, not a stack
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+
+
+class Group(AppGroup):
+    command_class = Command
+
+
+def database_of(ctx):
+    try:
+        engine = ctx.ensure_object(ScriptInfo).load_app().extensions["responses_proxy"].engine
+    except Exception:
+        return "database"
+    return engine.url.render_as_string(hide_password=True)
+
+
+def uses_database(command):
+    """The schema is brought up to date first, so a command works before the first start."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        migrate.ensure_current(services().engine)
+        return command(*args, **kwargs)
+
+    return wrapper
 
 
 def emit(data, as_json, text):
@@ -47,13 +87,14 @@ def table(rows, columns):
     return "\n".join(line.rstrip() for line in lines)
 
 
-keys_cli = AppGroup("keys", help="Create, list and revoke the API keys clients use.")
+keys_cli = Group("keys", help="Create, list and revoke the API keys clients use.")
 
 
 @keys_cli.command("create")
 @click.option("--name", required=True, help="What the key is for (shown in listings).")
 @click.option("--allowed-models", default=None, help="Comma-separated model slugs this key may use (default: all).")
 @json_option
+@uses_database
 def keys_create(name, allowed_models, as_json):
     """Create a key; its plaintext is printed once and never stored."""
     models = [model.strip() for model in allowed_models.split(",") if model.strip()] if allowed_models else None
@@ -67,6 +108,7 @@ def keys_create(name, allowed_models, as_json):
 
 @keys_cli.command("list")
 @json_option
+@uses_database
 def keys_list(as_json):
     """List keys (never their plaintext)."""
     rows = key_store.list_all(services().engine)
@@ -80,6 +122,7 @@ def keys_list(as_json):
 @keys_cli.command("revoke")
 @click.argument("key_id")
 @json_option
+@uses_database
 def keys_revoke(key_id, as_json):
     """Revoke a key: requests with it get 401 from now on."""
     if not key_store.revoke(services().engine, key_id):
@@ -87,12 +130,13 @@ def keys_revoke(key_id, as_json):
     emit({"id": key_id, "revoked": True}, as_json, f"revoked {key_id}")
 
 
-accounts_cli = AppGroup("accounts", help="Import, list and remove the upstream ChatGPT accounts.")
+accounts_cli = Group("accounts", help="Import, list and remove the upstream ChatGPT accounts.")
 
 
 @accounts_cli.command("import")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @json_option
+@uses_database
 def accounts_import(paths, as_json):
     """Import Codex CLI auth.json files (re-importing an account updates its tokens).
 
@@ -133,6 +177,7 @@ def describe_window(window):
 
 @accounts_cli.command("list")
 @json_option
+@uses_database
 def accounts_list(as_json):
     """List accounts: state, recent use, plan windows, last error."""
     engine = services().engine
@@ -164,6 +209,7 @@ def set_account_status(account_id, status, as_json):
 @accounts_cli.command("disable")
 @click.argument("account_id")
 @json_option
+@uses_database
 def accounts_disable(account_id, as_json):
     """Take an account out of rotation (it keeps its tokens)."""
     set_account_status(account_id, account_store.DISABLED, as_json)
@@ -172,6 +218,7 @@ def accounts_disable(account_id, as_json):
 @accounts_cli.command("enable")
 @click.argument("account_id")
 @json_option
+@uses_database
 def accounts_enable(account_id, as_json):
     """Put a disabled account back into rotation."""
     set_account_status(account_id, account_store.ACTIVE, as_json)
@@ -180,6 +227,7 @@ def accounts_enable(account_id, as_json):
 @accounts_cli.command("remove")
 @click.argument("account_id")
 @json_option
+@uses_database
 def accounts_remove(account_id, as_json):
     """Remove an account and its tokens."""
     if not account_store.remove(services().engine, account_id):
@@ -197,11 +245,12 @@ def parse_since(value):
     return int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
 
 
-@click.command("usage")
+@click.command("usage", cls=Command)
 @with_appcontext
 @click.option("--since", default="24h", show_default=True, help="Window: 30m, 24h, 7d...")
 @click.option("--by", "group", type=click.Choice(["key", "account", "model"]), default="key", show_default=True)
 @json_option
+@uses_database
 def usage_report(since, group, as_json):
     """Requests, errors and tokens per key, account or model."""
     rows = usage_store.summary(services().engine, time.time() - parse_since(since), group + "_id"
@@ -213,12 +262,13 @@ def usage_report(since, group, as_json):
         (group.upper(), "REQUESTS", "ERRORS", "INPUT", "CACHED", "OUTPUT", "REASONING", "AVG TTFB MS")))
 
 
-conversations_cli = AppGroup("conversations", help="Delete stored conversations.")
+conversations_cli = Group("conversations", help="Delete stored conversations.")
 
 
 @conversations_cli.command("purge")
 @click.option("--key", "key_id", required=True, help="The API key id whose conversations are deleted.")
 @json_option
+@uses_database
 def conversations_purge(key_id, as_json):
     """Delete every conversation of one API key."""
     deleted = conversation_store.purge_key(services().engine, key_id)
@@ -229,6 +279,7 @@ def conversations_purge(key_id, as_json):
 @click.option("--days", type=float, default=None,
               help="Idle days to keep (default: RESPONSES_PROXY_CONVERSATION_RETENTION_DAYS).")
 @json_option
+@uses_database
 def conversations_prune(days, as_json):
     """Delete conversations idle for longer than the retention period (for cron)."""
     days = current_app.config["CONVERSATION_RETENTION_DAYS"] if days is None else days
@@ -237,7 +288,7 @@ def conversations_prune(days, as_json):
          f"deleted {deleted} conversations idle for more than {days:g} days")
 
 
-db_cli = AppGroup("db", help="Database schema.")
+db_cli = Group("db", help="Database schema.")
 
 
 @db_cli.command("upgrade")
@@ -247,7 +298,7 @@ def db_upgrade():
     click.echo(f"database schema at revision {migrate.current(services().engine)}")
 
 
-@click.command("settings")
+@click.command("settings", cls=Command)
 @with_appcontext
 @json_option
 def settings(as_json):

@@ -12,6 +12,10 @@ from typing import Callable
 PREFIX = "RESPONSES_PROXY_"
 
 
+class ConfigError(ValueError):
+    """A setting has a value the gateway cannot use; the message names the variable."""
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -90,7 +94,7 @@ def load_config(environ=None, overrides=None):
         try:
             config[setting.name] = setting.parse(raw)
         except ValueError as exc:
-            raise ValueError(f"{PREFIX}{setting.name}: {exc}") from None
+            raise ConfigError(f"{PREFIX}{setting.name}: {exc}") from None
     config.update(overrides or {})
     return finish(config)
 
