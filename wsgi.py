@@ -1,4 +1,5 @@
 from gevent import monkey
+
 monkey.patch_all()
 
 import sys  # noqa: E402  (after the patch, by design)

@@ -312,7 +312,7 @@ async def closed_loop(command):
             if conn is None or conn.transport is None:
                 try:
                     conn = await run.connect()
-                except (OSError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, OSError) as exc:
                     run.error("connect failed", type(exc).__name__)
                     await asyncio.sleep(0.05)
                     continue
@@ -374,7 +374,7 @@ async def open_streams(command):
         async with opening:
             try:
                 conn = await run.connect()
-            except (OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError) as exc:
                 run.error("connect failed", type(exc).__name__)
                 return
             future = conn.send(run.next_request())

@@ -16,11 +16,11 @@ def signed(value, digits=2):
 
 
 def table(title, header, rows):
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
 
     def line(cells):  # first column left-aligned, figures right-aligned
         return "  ".join(str(cell).rjust(width) if index else str(cell).ljust(width)
-                         for index, (cell, width) in enumerate(zip(cells, widths)))
+                         for index, (cell, width) in enumerate(zip(cells, widths, strict=False)))
 
     return "\n".join([title, line(header), line(["-" * width for width in widths]), *map(line, rows), ""])
 
@@ -87,7 +87,8 @@ def render(document):
     busy = document.get("busy", {})
     out.append("shared machine: " + "; ".join(
         f"at {when} load average {dig(busy, when, 'load_average')}, CPU pressure (some, avg10/avg60) "
-        f"{fmt(dig(busy, when, 'cpu_pressure_some_pct', 'avg10'), 1)}%/{fmt(dig(busy, when, 'cpu_pressure_some_pct', 'avg60'), 1)}%"
+        f"{fmt(dig(busy, when, 'cpu_pressure_some_pct', 'avg10'), 1)}%/"
+        f"{fmt(dig(busy, when, 'cpu_pressure_some_pct', 'avg60'), 1)}%"
         for when in ("start", "end")))
     out.append(f"gateway: {setup['gateway']}; {setup['gateway_workers']} workers by default; "
                + ", ".join(f"{k} {v}" for k, v in m["packages"].items()))

@@ -309,7 +309,7 @@ class Bench:
                                         if line.strip() and not line.startswith("database schema up to date"))
                 for gateway in self.gateways}
         return {
-            "generated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "generated_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "mode": "quick" if self.s.quick else "full",
             "machine": machine(),
             "busy": {"start": self.busy_at_start, "end": busy()},
@@ -353,7 +353,7 @@ def latency_figures(results, metrics):
 
 def latency_difference(results, baseline, metrics):
     """Per repetition, the percentile minus the baseline's; then the median over repetitions."""
-    pairs = [(a, b) for a, b in zip(results, baseline) if "failed" not in a and "failed" not in b]
+    pairs = [(a, b) for a, b in zip(results, baseline, strict=False) if "failed" not in a and "failed" not in b]
     out = {}
     for metric in metrics:
         # A non-streaming response has no deltas; its baseline for ttfb is the direct stream's ttfb.
@@ -365,7 +365,7 @@ def latency_difference(results, baseline, metrics):
 def ratio(runs, name, baseline):
     if name not in runs or baseline not in runs:
         return None
-    values = [a["rps"] / b["rps"] for a, b in zip(runs[name], runs[baseline])
+    values = [a["rps"] / b["rps"] for a, b in zip(runs[name], runs[baseline], strict=False)
               if "failed" not in a and "failed" not in b and a.get("rps") and b.get("rps")]
     value = median(values)
     return round(value, 4) if value is not None else None

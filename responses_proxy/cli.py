@@ -3,7 +3,7 @@
 import functools
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import click
 import orjson
@@ -75,15 +75,15 @@ def emit(data, as_json, text):
 def when(epoch):
     if epoch is None:
         return "-"
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def table(rows, columns):
     if not rows:
         return "(none)"
     widths = [max(len(title), *(len(str(row[index])) for row in rows)) for index, title in enumerate(columns)]
-    lines = ["  ".join(title.ljust(width) for title, width in zip(columns, widths))]
-    lines += ["  ".join(str(value).ljust(width) for value, width in zip(row, widths)) for row in rows]
+    lines = ["  ".join(title.ljust(width) for title, width in zip(columns, widths, strict=True))]
+    lines += ["  ".join(str(value).ljust(width) for value, width in zip(row, widths, strict=True)) for row in rows]
     return "\n".join(line.rstrip() for line in lines)
 
 

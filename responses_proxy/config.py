@@ -6,8 +6,8 @@ the README documents it. Gunicorn's own settings (bind, workers, ...) live in
 """
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 PREFIX = "RESPONSES_PROXY_"
 
@@ -47,11 +47,13 @@ SETTINGS = (
             "Key that encrypts upstream tokens at rest; default: generated once into DATA_DIR/secret.key (mode 0600)."),
     Setting("UPSTREAM_BASE_URL", _str, "https://chatgpt.com/backend-api",
             "Codex backend; requests go to {base}/codex/responses, models come from {base}/codex/models."),
-    Setting("AUTH_BASE_URL", _str, "https://auth.openai.com", "OAuth server; token refresh is POST {base}/oauth/token."),
+    Setting("AUTH_BASE_URL", _str, "https://auth.openai.com",
+            "OAuth server; token refresh is POST {base}/oauth/token."),
     Setting("ORIGINATOR", _str, "codex_cli_rs", "Value of the originator header sent upstream."),
     Setting("UPSTREAM_CONNECT_TIMEOUT", _positive(float), 10.0, "Seconds to connect to the upstream."),
     Setting("UPSTREAM_READ_TIMEOUT", _positive(float), 300.0,
-            "Seconds the upstream may stay silent (before its headers, or between two chunks) before the request fails."),
+            "Seconds the upstream may stay silent (before its headers, or between two chunks) "
+            "before the request fails."),
     Setting("KEEPALIVE_SECONDS", _positive(float), 15.0,
             "A streaming client gets a ': keepalive' comment after this many silent seconds."),
     Setting("MAX_BODY_BYTES", _positive(int), 64 * 1024 * 1024, "Largest accepted request body (413 above it)."),

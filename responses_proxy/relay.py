@@ -180,7 +180,7 @@ class Tracker:
                 item = loads(data)
                 if isinstance(item, dict):
                     self.items.append(item)
-            if self.strip_encrypted and (name == ITEM_DONE or name == ITEM_ADDED) and b"encrypted_content" in data:
+            if self.strip_encrypted and name in (ITEM_DONE, ITEM_ADDED) and b"encrypted_content" in data:
                 events[index] = (name, orjson.dumps(without_encrypted(loads(data))))
         self.count += len(events)
         return events

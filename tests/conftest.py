@@ -17,8 +17,7 @@ from sqlalchemy import create_engine, text
 
 from responses_proxy import create_app
 from responses_proxy.store import keys as key_store
-from responses_proxy.store import make_engine
-from responses_proxy.store import migrate
+from responses_proxy.store import make_engine, migrate
 from responses_proxy.store.accounts import upsert
 from responses_proxy.upstream.credentials import parse_auth_json
 from tests.fake_upstream import FakeUpstream, auth_json

@@ -346,7 +346,7 @@ class FakeUpstream:
                         if index == behaviour.get("cut_after"):
                             self.connection.shutdown(socket.SHUT_RDWR)
                             self.close_connection = True
-                            return
+                            return None
                         if index == behaviour.get("stall_at"):
                             self._wait(behaviour.get("stall", 0))
                         elif index and behaviour.get("delay"):

@@ -9,8 +9,7 @@ from sqlalchemy import event
 from responses_proxy.conversations.service import within_budget
 from responses_proxy.store import conversations as store
 from responses_proxy.store import keys as key_store
-from responses_proxy.store import migrate
-from responses_proxy.store import make_engine
+from responses_proxy.store import make_engine, migrate
 from tests.conftest import make_app
 
 

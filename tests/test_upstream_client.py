@@ -13,8 +13,13 @@ from responses_proxy.catalog.service import parse_models
 from responses_proxy.config import load_config
 from responses_proxy.errors import ApiError, UpstreamError, UsageLimitReached
 from responses_proxy.upstream import client as client_module
-from responses_proxy.upstream.client import (UpstreamClient, UpstreamUnavailable, error_for_status, read_error_body,
-                                             upstream_headers)
+from responses_proxy.upstream.client import (
+    UpstreamClient,
+    UpstreamUnavailable,
+    error_for_status,
+    read_error_body,
+    upstream_headers,
+)
 from responses_proxy.upstream.credentials import CredentialsError, parse_auth_json
 from tests.fake_upstream import auth_json, jwt
 

@@ -11,7 +11,8 @@ log = logging.getLogger(__name__)
 
 # Served when the upstream catalog cannot be fetched (no account yet, upstream down).
 FALLBACK_MODELS = (
-    "gpt-6.1-sol", "gpt-5.5", "gpt-5.2", "gpt-5.2-codex", "gpt-5.1", "gpt-5.1-codex", "gpt-5.1-codex-max", "gpt-5.1-codex-mini",
+    "gpt-6.1-sol", "gpt-5.5", "gpt-5.2", "gpt-5.2-codex", "gpt-5.1", "gpt-5.1-codex", "gpt-5.1-codex-max",
+    "gpt-5.1-codex-mini",
     "gpt-5", "gpt-5-codex", "gpt-5-codex-mini",
 )
 # A failed fetch is retried sooner than a good catalog expires.

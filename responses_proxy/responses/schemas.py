@@ -10,8 +10,24 @@ field that gives the errors a nested schema would: a Codex request carries a doz
 from marshmallow import ValidationError, fields, validates_schema
 
 from ..conversations.service import CONVERSATION_ID
-from ..validation import (EXPECTED, MISSING, Array, Boolean, Integer, Nested, Number, Object, Passthrough, String,
-                          StringOrArray, StringOrObject, field, load, nested_list, quoted)
+from ..validation import (
+    EXPECTED,
+    MISSING,
+    Array,
+    Boolean,
+    Integer,
+    Nested,
+    Number,
+    Object,
+    Passthrough,
+    String,
+    StringOrArray,
+    StringOrObject,
+    field,
+    load,
+    nested_list,
+    quoted,
+)
 
 UNSUPPORTED_TOOL_TYPES = frozenset((
     "file_search", "code_interpreter", "computer_use", "computer_use_preview", "image_generation"))
@@ -45,7 +61,8 @@ class TextFormatSchema(Passthrough):
     def check_type(self, data, **kwargs):
         if data["type"] not in TEXT_FORMAT_TYPES:
             raise ValidationError(
-                f"Invalid value for '{{param}}': '{data['type']}'; supported values are 'text', 'json_object' and 'json_schema'.",
+                f"Invalid value for '{{param}}': '{data['type']}'; "
+                "supported values are 'text', 'json_object' and 'json_schema'.",
                 "type")
         if data["type"] == "json_schema":
             if not data.get("name"):
@@ -80,7 +97,8 @@ class MessageSchema(Passthrough):
     def check_message(self, data, **kwargs):
         role = data["role"]
         if role not in MESSAGE_ROLES:
-            raise ValidationError(f"Invalid value for '{{param}}': '{role}'; expected one of {quoted(MESSAGE_ROLES)}.", "role")
+            raise ValidationError(
+                f"Invalid value for '{{param}}': '{role}'; expected one of {quoted(MESSAGE_ROLES)}.", "role")
         if role == "tool" and not data.get("tool_call_id"):
             raise ValidationError("A tool message needs the 'tool_call_id' of the call it answers.",
                                   "tool_call_id")
@@ -186,13 +204,15 @@ class ResponsesRequestSchema(Passthrough):
         choice = data.get("tool_choice")
         if isinstance(choice, str) and choice not in TOOL_CHOICE_MODES:
             raise ValidationError(
-                f"Invalid value for '{{param}}': '{choice}'; expected {quoted(TOOL_CHOICE_MODES)} or an object.", "tool_choice")
+                f"Invalid value for '{{param}}': '{choice}'; expected {quoted(TOOL_CHOICE_MODES)} or an object.",
+                "tool_choice")
         if isinstance(choice, dict):
             check_tool_choice(choice)
         for index, value in enumerate(data.get("include") or ()):
             if value not in INCLUDE_VALUES:
                 raise ValidationError(
-                    f"Invalid value for '{{param}}': unknown include value '{value}'. Supported values: {quoted(INCLUDE_VALUES)}.",
+                    f"Invalid value for '{{param}}': unknown include value '{value}'. "
+                    f"Supported values: {quoted(INCLUDE_VALUES)}.",
                     f"include[{index}]")
 
 
@@ -256,7 +276,8 @@ def check_message_item(item, path):
     if not isinstance(role, str):
         raise ValidationError("expected a string", path + ".role")
     if role not in MESSAGE_ROLES:
-        raise ValidationError(f"Invalid value for '{{param}}': '{role}'; expected one of {quoted(MESSAGE_ROLES)}.", path + ".role")
+        raise ValidationError(
+            f"Invalid value for '{{param}}': '{role}'; expected one of {quoted(MESSAGE_ROLES)}.", path + ".role")
     content = item.get("content")
     if content is None:
         if role in ("user", "system", "developer"):

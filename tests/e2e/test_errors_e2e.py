@@ -6,7 +6,7 @@ fresh account, so a cooldown or an error history never leaks into the next test.
 """
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import openai
 import pytest
@@ -36,7 +36,7 @@ def account(gateway, upstream):
     """The one account of the gateway for this test: its ChatGPT account id."""
     remove_accounts(gateway)
     account_id = "acct-" + unique()
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     gateway.import_account(account_id=account_id, last_refresh=now)
     return account_id
 

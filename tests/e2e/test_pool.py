@@ -17,7 +17,8 @@ from responses_proxy.store.tables import accounts
 from tests.conftest import Gateway
 from tests.fake_upstream import auth_json
 
-LIMITED = {"status": 429, "body": {"error": {"type": "usage_limit_reached", "message": "The usage limit has been reached",
+LIMITED = {"status": 429, "body": {"error": {"type": "usage_limit_reached",
+                                             "message": "The usage limit has been reached",
                                              "plan_type": "plus", "resets_in_seconds": 3}}}
 
 

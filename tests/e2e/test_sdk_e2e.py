@@ -42,8 +42,7 @@ class SDK:
     def create_stream(self, **kwargs):
         """``create(stream=True)``: ``[(arrival time, event), ...]``."""
         if self.mode == "sync":
-            with OpenAI(**self._options()) as client:
-                with client.responses.create(stream=True, **kwargs) as events:
+            with OpenAI(**self._options()) as client, client.responses.create(stream=True, **kwargs) as events:
                     return [(time.monotonic(), event) for event in events]
 
         async def run():
@@ -57,16 +56,14 @@ class SDK:
     def stream(self, final=True, **kwargs):
         """``responses.stream()``: (events, final response or None)."""
         if self.mode == "sync":
-            with OpenAI(**self._options()) as client:
-                with client.responses.stream(**kwargs) as manager:
-                    events = list(manager)
-                    return events, manager.get_final_response() if final else None
+            with OpenAI(**self._options()) as client, client.responses.stream(**kwargs) as manager:
+                events = list(manager)
+                return events, manager.get_final_response() if final else None
 
         async def run():
-            async with AsyncOpenAI(**self._options()) as client:
-                async with client.responses.stream(**kwargs) as manager:
-                    events = [event async for event in manager]
-                    return events, (await manager.get_final_response()) if final else None
+            async with AsyncOpenAI(**self._options()) as client, client.responses.stream(**kwargs) as manager:
+                events = [event async for event in manager]
+                return events, (await manager.get_final_response()) if final else None
 
         return asyncio.run(run())
 
@@ -295,7 +292,8 @@ def test_create_rebuilds_an_empty_output_from_the_done_items(sdk, upstream):
 
 def test_slow_deltas_arrive_one_by_one(sdk, upstream):
     deltas = ["One", " two", " three", " four", " five"]
-    upstream.push({"events": Script("gpt-5.2").start().message(deltas).completed().events(), "delay": 0.15}, account=ACCOUNT)
+    upstream.push({"events": Script("gpt-5.2").start().message(deltas).completed().events(), "delay": 0.15},
+                  account=ACCOUNT)
     timed = sdk.create_stream(model="gpt-5.2", input="Count")
     events = [event for _, event in timed]
     check_stream_order(events)
@@ -303,12 +301,14 @@ def test_slow_deltas_arrive_one_by_one(sdk, upstream):
     # 11 events 0.15 s apart: a buffering gateway would deliver them all at once at the end.
     assert timed[-1][0] - timed[0][0] > 0.7
 
-    upstream.push({"events": Script("gpt-5.2").start().message(deltas).completed().events(), "delay": 0.1}, account=ACCOUNT)
+    upstream.push({"events": Script("gpt-5.2").start().message(deltas).completed().events(), "delay": 0.1},
+                  account=ACCOUNT)
     events, final = sdk.stream(model="gpt-5.2", input="Count")
     assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == final.output_text
     assert final.output_text == "One two three four five"
 
-    upstream.push({"events": Script("gpt-5.2").start().message(deltas).completed().events(), "delay": 0.05}, account=ACCOUNT)
+    upstream.push({"events": Script("gpt-5.2").start().message(deltas).completed().events(), "delay": 0.05},
+                  account=ACCOUNT)
     assert sdk.create(model="gpt-5.2", input="Count").output_text == "One two three four five"
 
 

@@ -109,7 +109,7 @@ class Newcomer:
         os.symlink(readme["venv"], self.clone / ".venv")
         home = tmp_path / "home"
         (home / ".codex").mkdir(parents=True)
-        login = auth_json(last_refresh=datetime.datetime.now(datetime.timezone.utc).isoformat())
+        login = auth_json(last_refresh=datetime.datetime.now(datetime.UTC).isoformat())
         (home / ".codex" / "auth.json").write_text(json.dumps(login))
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -128,9 +128,8 @@ class Newcomer:
 
     def shell(self, command, timeout=60):
         command = command.replace(README_PORT, self.address)
-        result = subprocess.run(["bash", "-c", command], cwd=self.clone, env=self.env, capture_output=True,
-                                text=True, timeout=timeout)
-        return result
+        return subprocess.run(["bash", "-c", command], cwd=self.clone, env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
 
     def ok(self, command):
         result = self.shell(command)
@@ -146,7 +145,7 @@ class Newcomer:
         self.env["KEY"] = self.key
 
     def serve(self):
-        self.log = open(self.clone / "serve.log", "wb")
+        self.log = open(self.clone / "serve.log", "wb")  # noqa: SIM115  (closed in stop())
         self.server = subprocess.Popen(["bash", "-c", "exec " + self.readme["serve"]], cwd=self.clone, env=self.env,
                                        stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         deadline = time.monotonic() + 60

@@ -7,8 +7,18 @@ import time
 import pytest
 import requests
 
-from tests.e2e.conftest import (ACCOUNT, KEEPALIVE, RawStream, auth, events_of, post, split_frames, stream,
-                                upstream_payloads, wait_for)
+from tests.e2e.conftest import (
+    ACCOUNT,
+    KEEPALIVE,
+    RawStream,
+    auth,
+    events_of,
+    post,
+    split_frames,
+    stream,
+    upstream_payloads,
+    wait_for,
+)
 from tests.fake_upstream import Script
 
 BODY = {"model": "gpt-5.2", "input": "Tell me something"}

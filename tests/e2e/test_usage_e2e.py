@@ -4,8 +4,17 @@ import time
 
 import requests
 
-from tests.e2e.conftest import (ACCOUNT, RawStream, account_ids, auth, key_id, request_id, split_frames, usage_row,
-                                wait_for)
+from tests.e2e.conftest import (
+    ACCOUNT,
+    RawStream,
+    account_ids,
+    auth,
+    key_id,
+    request_id,
+    split_frames,
+    usage_row,
+    wait_for,
+)
 from tests.fake_upstream import USAGE, Script
 
 HEADER_DELAY = 0.3
