@@ -27,8 +27,7 @@ class Services:
         self.pool = AccountPool(self.engine, self.cipher, self.client, config)
         self.catalog = Catalog(self.client, self.pool, config["MODELS_CACHE_SECONDS"])
         self.conversations = ConversationService(self.engine, config)
-        self.responses = ResponsesService(self.pool, self.client, self.catalog, self.recorder, self.conversations,
-                                          config)
+        self.responses = ResponsesService(self.pool, self.client, self.catalog, self.conversations, config)
 
 
 def create_app(config=None):

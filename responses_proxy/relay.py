@@ -4,6 +4,7 @@ Deltas pass through as bytes. Only the events the gateway needs (created, the te
 ``output_item.done`` when folding) are parsed as JSON.
 """
 
+import logging
 import secrets
 import socket
 import time
@@ -30,6 +31,12 @@ SSE_HEADERS = {
 BATCH_BYTES = 256 * 1024
 
 _UPSTREAM, _CLIENT, _TIMER = "upstream", "client", "timer"
+# nginx's status for "the client closed the connection": the answer was cut, not refused.
+CLIENT_CLOSED = 499
+SETTLE_FAILED = "The response could not be stored in its conversation; nothing was added to it."
+RELAY_FAILED = "The gateway could not relay the upstream's answer."
+
+log = logging.getLogger(__name__)
 
 
 class StreamFailed(Exception):
@@ -37,7 +44,33 @@ class StreamFailed(Exception):
 
 
 class ClientGone(Exception):
-    """The streaming client closed its connection."""
+    """The client closed its connection before its answer ended."""
+
+
+class ClientConnection:
+    """What the relay watches of a client: readable means it left (or sent its next request).
+
+    Built by the web layer from the server's socket; the relay never reads from it.
+    """
+
+    __slots__ = ("_sock",)
+
+    def __init__(self, sock):
+        self._sock = sock
+
+    @classmethod
+    def of(cls, sock):
+        return cls(sock) if sock is not None else None
+
+    def fileno(self):
+        return self._sock.fileno()
+
+    def gone(self):
+        """Peek: end of stream or an error means the client left; bytes are its next request."""
+        try:
+            return self._sock.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
 
 class EventSource:
@@ -49,20 +82,20 @@ class EventSource:
     it, and a client that goes away raises ``ClientGone`` at once instead of at the next write.
     """
 
-    def __init__(self, response, read_timeout, client_socket=None):
+    def __init__(self, response, read_timeout, client=None):
         self.body = UpstreamBody(response)
         self._parser = SSEParser()
         self._read_timeout = read_timeout
         self._last_data = time.monotonic()
         self._hub = get_hub()
         self._upstream_watcher = self._hub.loop.io(self.body.fileno(), 1)
-        self._client_socket = client_socket
+        self._client = client
         self._client_watcher = None
-        if client_socket is not None:
+        if client is not None:
             try:
-                self._client_watcher = self._hub.loop.io(client_socket.fileno(), 1)
+                self._client_watcher = self._hub.loop.io(client.fileno(), 1)
             except (OSError, ValueError):
-                self._client_socket = None
+                self._client = None
 
     def next(self, timeout):
         deadline = time.monotonic() + timeout if timeout else None
@@ -121,11 +154,7 @@ class EventSource:
 
     def _check_client(self):
         """The client socket turned readable: gone (EOF, reset), or just sent more bytes."""
-        try:
-            gone = self._client_socket.recv(1, socket.MSG_PEEK) == b""
-        except OSError:
-            gone = True
-        if gone:
+        if self._client.gone():
             raise ClientGone()
         # Pipelined bytes are the next request's: stop watching, writes will tell if it leaves.
         self._client_watcher.close()
@@ -151,15 +180,15 @@ class EventSource:
 class Tracker:
     """Watches the events going by: response id, terminal event, usage; frames them as SSE."""
 
-    def __init__(self, collect_items=False, strip_encrypted=False):
+    def __init__(self, redact=None):
         self.created = None
         self.terminal_name = None
         self.terminal = None
         self.count = 0
-        self.items = [] if collect_items else None
-        # The gateway asked for encrypted reasoning for its own use (conversations); a client
-        # that did not ask for it does not get it.
-        self.strip_encrypted = strip_encrypted
+        # The finished items: the final event's output is rebuilt from them when it comes empty.
+        self.items = []
+        # Takes out of item and final events what the gateway asked for its own use only.
+        self.redact = redact
 
     def observe(self, events):
         """Track a batch of events and return the list of (name, data) actually to relay."""
@@ -170,18 +199,26 @@ class Tracker:
             if name in TERMINAL:
                 self.terminal_name = name
                 self.terminal = loads(data)
-                if self.strip_encrypted and b"encrypted_content" in data:
-                    events[index] = (name, orjson.dumps(without_encrypted(self.terminal)))
+                rewritten = False
+                response = self.final_response()
+                if response is not None and not response.get("output") and self.items:
+                    # Sent empty by the backend; clients build their answer from it.
+                    response["output"] = self.output_items()
+                    rewritten = True
+                if self.redact is not None and (rewritten or b"encrypted_content" in data):
+                    events[index] = (name, orjson.dumps(self.redact(self.terminal)))
+                elif rewritten:
+                    events[index] = (name, orjson.dumps(self.terminal))
                 self.count += index + 1
                 return events[:index + 1]
             if name == CREATED:
                 self.created = (loads(data) or {}).get("response")
-            elif name == ITEM_DONE and self.items is not None:
+            elif name == ITEM_DONE:
                 item = loads(data)
                 if isinstance(item, dict):
                     self.items.append(item)
-            if self.strip_encrypted and name in (ITEM_DONE, ITEM_ADDED) and b"encrypted_content" in data:
-                events[index] = (name, orjson.dumps(without_encrypted(loads(data))))
+            if self.redact is not None and name in (ITEM_DONE, ITEM_ADDED) and b"encrypted_content" in data:
+                events[index] = (name, orjson.dumps(self.redact(loads(data))))
         self.count += len(events)
         return events
 
@@ -190,8 +227,13 @@ class Tracker:
         response = self.final_response() or {}
         if response.get("output"):
             return response["output"]
-        items = sorted(self.items or (), key=lambda event: event.get("output_index", 0))
+        items = sorted(self.items, key=lambda event: event.get("output_index", 0))
         return [event["item"] for event in items if isinstance(event.get("item"), dict)]
+
+    def completed(self):
+        """Whether the response finished (completed, or incomplete with what it produced)."""
+        return self.terminal_name in (b"response.completed", b"response.incomplete") and \
+            (self.final_response() or {}).get("status") in ("completed", "incomplete")
 
     def final_response(self):
         """The response object of the terminal event (None for an ``error`` event)."""
@@ -224,15 +266,6 @@ class Tracker:
         self.terminal = payload
         self.count += 1
         return b"response.failed", orjson.dumps(payload)
-
-
-def without_encrypted(value):
-    """A copy of an event or response without the ``encrypted_content`` of reasoning items."""
-    if isinstance(value, dict):
-        return {key: without_encrypted(item) for key, item in value.items() if key != "encrypted_content"}
-    if isinstance(value, list):
-        return [without_encrypted(item) for item in value]
-    return value
 
 
 def event_type(data):
@@ -276,23 +309,24 @@ def usage_of(response):
 
 
 class SSERelay:
-    """Relays one upstream stream to a client, with keepalives and disconnect detection.
+    """Relays one upstream stream to a client as SSE, with keepalives and disconnect detection.
 
     The relay reads the upstream on the client's own greenlet: while it writes to a slow
     client it does not read, so the upstream is slowed down instead of memory filling up.
-    ``finish(relay)`` is called exactly once when the relay ends, however it ends.
+    At the final event, ``on_final(tracker)`` runs before the event goes out (a conversation
+    turn is stored then); if it raises, the client gets ``response.failed`` instead. The
+    exchange is finished exactly once when the relay ends, however it ends.
     """
 
-    def __init__(self, response, keepalive, read_timeout, finish, client_socket=None, started=None,
-                 tracker=None, on_progress=None):
+    def __init__(self, source, tracker, exchange, keepalive, on_final=None, on_progress=None):
         self.keepalive = keepalive or None
-        self.tracker = tracker or Tracker()
+        self.tracker = tracker
+        self.exchange = exchange
+        self.on_final = on_final
         self.on_progress = on_progress
-        self.finish = finish
         self.ttfb = None
-        self.started = time.perf_counter() if started is None else started
         self.client_gone = False
-        self._source = EventSource(response, read_timeout, client_socket)
+        self._source = source
         self._generator = None
         self._ended = False
 
@@ -304,7 +338,7 @@ class SSERelay:
         except StreamFailed as exc:
             self._source.close()
             raise UpstreamError(str(exc)) from None
-        except ClientGone:
+        except BaseException:
             self._source.close()
             raise
 
@@ -324,11 +358,11 @@ class SSERelay:
 
     def _relay(self, events):
         try:
-            # No event yet after a whole keepalive interval: the headers and a keepalive go out now.
-            out = KEEPALIVE if events is None else frame(self.tracker.observe(events))
             while True:
+                # No event yet after a whole keepalive interval: a keepalive goes out.
+                out = KEEPALIVE if events is None else frame(self._outgoing(events))
                 if self.ttfb is None:
-                    self.ttfb = time.perf_counter() - self.started
+                    self.ttfb = time.perf_counter() - self.exchange.started
                 if self.on_progress is not None:
                     self.on_progress()
                 yield out
@@ -337,32 +371,51 @@ class SSERelay:
                 try:
                     events = self._source.next(self.keepalive)
                 except StreamFailed as exc:
-                    out = frame([self.tracker.failure_event(str(exc))])
-                    continue
-                out = KEEPALIVE if events is None else frame(self.tracker.observe(events))
+                    events = [self.tracker.failure_event(str(exc))]
         except (GeneratorExit, ClientGone):
             self.client_gone = True
         finally:
             self._end()
 
+    def _outgoing(self, events):
+        """The events to send: tracked, and the final one settled before it goes out. Anything
+        unexpected ends the stream with ``response.failed`` rather than a cut connection."""
+        try:
+            events = self.tracker.observe(events)
+            if self.tracker.terminal_name is not None and self.on_final is not None:
+                try:
+                    self.on_final(self.tracker)
+                except Exception as exc:
+                    log.error("could not settle the response", exc_info=exc)
+                    events[-1] = self.tracker.failure_event(SETTLE_FAILED, code="server_error")
+        except Exception as exc:
+            log.error("could not relay the upstream's events", exc_info=exc)
+            events = [self.tracker.failure_event(RELAY_FAILED, code="server_error")]
+        return events
+
     def _end(self):
         if self._ended:
             return
         self._ended = True
-        if self.tracker.terminal_name is not None:
-            self._source.drain()
-        self._source.close()
-        self.finish(self)
+        try:
+            if self.tracker.terminal_name is not None:
+                self._source.drain()
+            self._source.close()
+        finally:
+            if self.client_gone and self.tracker.terminal_name is None:
+                self.exchange.finish(CLIENT_CLOSED, "client_closed", self.ttfb)
+            else:
+                self.exchange.finish(200, self.tracker.error_code(), self.ttfb,
+                                     usage_of(self.tracker.final_response()))
 
 
-def fold(response, read_timeout, tracker=None, on_progress=None):
-    """Read a whole upstream stream and return (tracker, response object).
+def fold(source, tracker, on_final=None, on_progress=None):
+    """Read a whole upstream stream and return the response object.
 
-    The object comes from the terminal event; if its ``output`` is empty it is rebuilt from the
-    ``response.output_item.done`` items, which the backend sends that way.
+    The object comes from the final event; if its ``output`` is empty it is rebuilt from the
+    ``response.output_item.done`` items, which the backend sends that way. ``on_final`` runs
+    once the final event is in (it may raise: the caller's error then answers the request).
     """
-    tracker = tracker or Tracker(collect_items=True)
-    source = EventSource(response, read_timeout)
     try:
         while tracker.terminal_name is None:
             tracker.observe(source.next(None))
@@ -373,8 +426,6 @@ def fold(response, read_timeout, tracker=None, on_progress=None):
         raise UpstreamError(str(exc)) from None
     finally:
         source.close()
-    if tracker.terminal_name is None:
-        raise UpstreamError("The upstream closed the stream before the response completed.")
     if tracker.terminal_name == b"error":
         error = tracker.terminal if isinstance(tracker.terminal, dict) else {}
         error = error.get("error") if isinstance(error.get("error"), dict) else error
@@ -383,5 +434,6 @@ def fold(response, read_timeout, tracker=None, on_progress=None):
     result = tracker.final_response()
     if result is None:
         raise UpstreamError("The upstream sent a malformed final event.")
-    result = dict(result, output=tracker.output_items())
-    return tracker, without_encrypted(result) if tracker.strip_encrypted else result
+    if on_final is not None:
+        on_final(tracker)
+    return dict(result, output=tracker.output_items())

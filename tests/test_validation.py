@@ -13,6 +13,7 @@ import os
 
 import pytest
 
+from responses_proxy.responses.service import scoped_cache_key
 from responses_proxy.store import keys as key_store
 from responses_proxy.store.accounts import upsert
 from responses_proxy.upstream.credentials import parse_auth_json
@@ -70,7 +71,9 @@ def shared_app(fake_upstream, tmp_path_factory):
     app = make_app(tmp_path_factory.mktemp("validation"), fake_upstream.base_url)
     services = app.extensions["responses_proxy"]
     upsert(services.engine, services.cipher, parse_auth_json(json.dumps(auth_json()).encode()))
-    app.auth = {"Authorization": f"Bearer {key_store.create(services.engine, 'tables')['key']}"}
+    created = key_store.create(services.engine, "tables")
+    app.auth = {"Authorization": f"Bearer {created['key']}"}
+    app.key_id = created["id"]
     yield app
     services.engine.dispose()
 
@@ -79,6 +82,15 @@ def shared_app(fake_upstream, tmp_path_factory):
 def shared(shared_app, upstream):
     """(test client, auth headers) of the shared app, with a freshly reset fake upstream."""
     return shared_app.test_client(), shared_app.auth
+
+
+def scoped(upstream_body, key_id, request_body):
+    """The upstream body as the test expects it, once the prompt cache key is known to have been
+    scoped to the API key (a client's key is never shared across API keys upstream)."""
+    if request_body.get("prompt_cache_key"):
+        assert upstream_body["prompt_cache_key"] == scoped_cache_key(key_id, request_body["prompt_cache_key"])
+        return {**upstream_body, "prompt_cache_key": request_body["prompt_cache_key"]}
+    return upstream_body
 
 
 REFUSED = [
@@ -637,10 +649,11 @@ def test_accepted_body(shared, upstream, request_body, expected_upstream):
     else:
         assert reply.get_json()["status"] == "completed"
     [received] = upstream.response_requests()
+    forwarded = scoped(received["body"], shared[0].application.key_id, request_body)
     if callable(expected_upstream):
-        assert expected_upstream(received["body"]), received["body"]
+        assert expected_upstream(forwarded), forwarded
     else:
-        assert received["body"] == expected_upstream
+        assert forwarded == expected_upstream
     assert request_body == sent
 
 
@@ -665,7 +678,8 @@ RECORDED_CODEX_REQUESTS = sorted(
 
 
 @pytest.mark.parametrize("path", RECORDED_CODEX_REQUESTS, ids=os.path.basename)
-def test_recorded_codex_cli_request_is_forwarded_unchanged(client, auth, account, upstream, path):
+def test_recorded_codex_cli_request_is_forwarded_unchanged(client, auth, account, upstream, services, api_key,
+                                                           path):
     with open(path, "rb") as handle:
         recorded = json.load(handle)
     upstream.models.append(recorded["model"])  # whatever model the capture used is in the catalog
@@ -676,4 +690,5 @@ def test_recorded_codex_cli_request_is_forwarded_unchanged(client, auth, account
     assert reply.status_code == 200, data.decode("utf-8", "replace")
     assert b"event: response.completed" in data
     [received] = upstream.response_requests()
-    assert received["body"] == forwarded_as_is(recorded)
+    key_id = key_store.find_active(services.engine, api_key)["id"]
+    assert scoped(received["body"], key_id, recorded) == forwarded_as_is(recorded)

@@ -54,14 +54,21 @@ def within_budget(rows, budget):
 
 
 class Turn:
-    """One request's hold on a conversation: its history, then commit or abort, once."""
+    """One request's hold on a conversation: what to send upstream, then commit or abort, once.
 
-    def __init__(self, engine, conversation_id, owner, history, dropped):
+    ``upstream`` is the request with the stored history before the new input. The gateway asks
+    for reasoning's ``encrypted_content`` (it carries the model's thinking into the next turn);
+    when the client did not ask for it, ``redact`` takes it out of what the client sees.
+    """
+
+    def __init__(self, engine, conversation_id, owner, upstream, new_items, dropped, redact):
         self.engine = engine
         self.conversation_id = conversation_id
         self.owner = owner
-        self.history = history
+        self.upstream = upstream
+        self.new_items = new_items
         self.dropped = dropped
+        self.redact = redact
         self._renewed = time.monotonic()
         self._done = False
 
@@ -70,18 +77,33 @@ class Turn:
             self._renewed = time.monotonic()
             store.renew_turn(self.engine, self.conversation_id, self.owner, TURN_LEASE_SECONDS)
 
-    def commit(self, new_items, output_items):
-        """Append the turn's input and output in one transaction, releasing the lease."""
-        if not self._done:
-            self._done = True
-            store.append(self.engine, self.conversation_id, list(new_items) + list(output_items),
+    def commit(self, output_items):
+        """Append the turn's input and output in one transaction, releasing the lease. When that
+        fails, the lease is released all the same and the conversation is left as it was."""
+        if self._done:
+            return
+        self._done = True
+        try:
+            store.append(self.engine, self.conversation_id, list(self.new_items) + list(output_items),
                          release_owner=self.owner)
+        except BaseException:
+            store.release_turn(self.engine, self.conversation_id, self.owner)
+            raise
 
     def abort(self):
         """The turn failed or was cut off: the conversation stays exactly as it was."""
         if not self._done:
             self._done = True
             store.release_turn(self.engine, self.conversation_id, self.owner)
+
+
+def without_encrypted(value):
+    """A copy of an event or response without the ``encrypted_content`` of reasoning items."""
+    if isinstance(value, dict):
+        return {key: without_encrypted(item) for key, item in value.items() if key != "encrypted_content"}
+    if isinstance(value, list):
+        return [without_encrypted(item) for item in value]
+    return value
 
 
 class ConversationService:
@@ -95,8 +117,9 @@ class ConversationService:
             raise not_found()  # another key's conversation does not exist, as far as this key knows
         return row
 
-    def begin_turn(self, key, conversation_id, new_item_count):
-        """Hold the conversation for one turn (creating it for this key if the id is new)."""
+    def begin_turn(self, key, conversation_id, upstream):
+        """Hold the conversation for one turn (creating it for this key if the id is new) and
+        prepare the upstream request: the stored history, then the new input."""
         row = store.get(self.engine, conversation_id)
         if row is None:
             row, _ = store.create(self.engine, key["id"], conversation_id=conversation_id)
@@ -107,13 +130,20 @@ class ConversationService:
         if not store.acquire_turn(self.engine, conversation_id, owner, TURN_LEASE_SECONDS):
             raise Conflict("Another turn of this conversation is in progress; retry when it has finished.",
                            param="conversation", code="conversation_busy")
+        new_items = upstream["input"]
         try:
             history, dropped = within_budget(store.load_items(self.engine, conversation_id),
-                                             max(0, self.max_items - new_item_count))
-        except Exception:
+                                             max(0, self.max_items - len(new_items)))
+        except BaseException:
             store.release_turn(self.engine, conversation_id, owner)
             raise
-        return Turn(self.engine, conversation_id, owner, history, dropped)
+        prepared = dict(upstream, input=history + new_items)
+        include = list(upstream.get("include") or ())
+        redact = None
+        if "reasoning.encrypted_content" not in include:
+            prepared["include"] = include + ["reasoning.encrypted_content"]
+            redact = without_encrypted
+        return Turn(self.engine, conversation_id, owner, prepared, new_items, dropped, redact)
 
     # -- the Conversations API ------------------------------------------------------------
 

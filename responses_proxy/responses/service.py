@@ -1,7 +1,12 @@
-"""``POST /v1/responses`` without Flask: check, normalize, pick an account, relay, record."""
+"""``POST /v1/responses`` without Flask: check, normalize, pick an account, relay.
 
-import logging
+Everything the request holds (its usage row, the account's in-flight slot, the conversation
+turn) belongs to its ``Exchange``, which the caller builds and which settles it all on every
+path; this service only decides and acts.
+"""
+
 import time
+import uuid
 
 import orjson
 
@@ -13,47 +18,39 @@ from ..upstream.oauth import RefreshFailed
 from ..upstream.pool import affinity_key
 from .normalize import to_upstream
 
-log = logging.getLogger("responses_proxy.request")
+# Names derived per API key: the same client cache key under two keys is two upstream sessions.
+_CACHE_KEY_SCOPE = uuid.UUID("6f1d7c55-3f0c-4f53-9a8e-2b1a4c7e9d10")
 
 
-class RequestRecord:
-    """What one request did: becomes its usage row and its structured log line."""
+class AttemptFailed(Exception):
+    """This account could not serve the request; the next one may (``error`` says why)."""
 
-    def __init__(self, recorder, request_id, key_id, model=None, stream=False):
-        self._recorder = recorder
-        self.started = time.perf_counter()
-        self.row = {"created_at": time.time(), "request_id": request_id, "key_id": key_id, "model": model,
-                    "stream": stream, "account_id": None, "status": 200, "error_code": None, "ttfb_ms": None}
-        self.decisions = []
-        self._on_finish = []
+    def __init__(self, error):
+        super().__init__(error.message)
+        self.error = error
 
-    def on_finish(self, callback):
-        self._on_finish.append(callback)
 
-    def decide(self, event, **fields):
-        self.decisions.append({"event": event, **fields})
+def scoped_cache_key(key_id, prompt_cache_key):
+    """The upstream's prompt cache key for a client's, scoped to its API key: a UUID (the shape
+    Codex itself sends), and always a valid header value whatever the client sent."""
+    return str(uuid.uuid5(_CACHE_KEY_SCOPE, f"{key_id}\x00{prompt_cache_key}"))
 
-    def finish(self, status, error_code=None, ttfb=None, response=None):
-        row = self.row
-        row["status"] = status
-        row["error_code"] = error_code
-        if ttfb is not None:
-            row["ttfb_ms"] = round(ttfb * 1000, 3)
-        row["duration_ms"] = round((time.perf_counter() - self.started) * 1000, 3)
-        row.update(relay.usage_of(response))
-        for callback in self._on_finish:
-            callback()
-        self._recorder.record(row)
-        log.info("response", extra={"fields": {**row, "decisions": self.decisions}})
+
+def serialize(upstream):
+    try:
+        return orjson.dumps(upstream)
+    except orjson.JSONEncodeError as exc:
+        # What orjson cannot write back (nesting deeper than it allows) was not a request the
+        # upstream could take either.
+        raise InvalidRequest(f"The request body cannot be forwarded: {exc}.") from None
 
 
 class ResponsesService:
-    def __init__(self, pool, client, catalog, recorder, conversations, config):
+    def __init__(self, pool, client, catalog, conversations, config):
         self.pool = pool
         self.conversations = conversations
         self.client = client
         self.catalog = catalog
-        self.recorder = recorder
         self.keepalive = config["KEEPALIVE_SECONDS"]
         self.read_timeout = config["UPSTREAM_READ_TIMEOUT"]
         self.default_cooldown = config["DEFAULT_COOLDOWN_SECONDS"]
@@ -67,43 +64,33 @@ class ResponsesService:
             raise InvalidRequest(f"The model '{model}' does not exist. Check the available models at /v1/models.",
                                  param="model", code="model_not_found")
 
-    def create(self, key, body, record, client_socket=None, client_headers=None):
+    def create(self, exchange, key, body, client=None, client_headers=None):
         """Serve a validated body: (response dict or SSE iterable, extra headers).
 
-        The usage row and the conversation turn are settled when the answer ends, however
-        it ends: at once for errors and JSON answers, when the stream closes for SSE.
+        Raises the error that answers the request when no byte has gone out yet; the caller
+        then fails the exchange. From the SSE iterable on, the relay finishes it.
         """
-        turn = None
-        try:
-            self.check_model(key, body["model"])
-            upstream = to_upstream(body)
-            new_items = upstream["input"]
-            strip_encrypted = False
-            if body.get("conversation") is not None:
-                turn = self.conversations.begin_turn(key, conversation_id_of(body["conversation"]), len(new_items))
-                upstream["input"] = turn.history + new_items
-                include = list(upstream.get("include") or ())
-                if "reasoning.encrypted_content" not in include:
-                    # Stored reasoning carries the model's thinking into the next turn.
-                    upstream["include"] = include + ["reasoning.encrypted_content"]
-                    strip_encrypted = True
-            response = self.open_upstream(orjson.dumps(upstream), affinity_key(key["id"], body),
-                                          upstream_headers(client_headers or {}, body.get("prompt_cache_key")),
-                                          record)
-        except BaseException as exc:
-            if turn is not None:
-                turn.abort()
-            if isinstance(exc, ApiError):
-                record.finish(exc.status, exc.code)
-            raise
-        headers = {"X-Conversation-Items-Dropped": str(turn.dropped)} if turn is not None else {}
-        tracker = relay.Tracker(collect_items=turn is not None or not body.get("stream"),
-                                strip_encrypted=strip_encrypted)
+        self.check_model(key, body["model"])
+        upstream = to_upstream(body)
+        if body.get("prompt_cache_key"):
+            upstream["prompt_cache_key"] = scoped_cache_key(key["id"], body["prompt_cache_key"])
+        headers = {}
+        if body.get("conversation") is not None:
+            exchange.turn = self.conversations.begin_turn(key, conversation_id_of(body["conversation"]), upstream)
+            upstream = exchange.turn.upstream
+            headers["X-Conversation-Items-Dropped"] = str(exchange.turn.dropped)
+        payload = serialize(upstream)
+        affinity, follow = affinity_key(key["id"], body)
+        response = self.open_upstream(exchange, payload, affinity, follow,
+                                      upstream_headers(client_headers or {}, upstream.get("prompt_cache_key")))
+        tracker = relay.Tracker(redact=exchange.turn.redact if exchange.turn is not None else None)
         if body.get("stream"):
-            return self.stream(response, record, client_socket, tracker, turn, new_items), headers
-        return self.complete(response, record, tracker, turn, new_items), headers
+            return self.stream(exchange, response, tracker, client), headers
+        return self.complete(exchange, response, tracker, client), headers
 
-    def open_upstream(self, body, affinity, headers, record):
+    # -- choosing an account and sending -----------------------------------------------------
+
+    def open_upstream(self, exchange, payload, affinity, follow, headers):
         """Send the request to the first account that takes it; returns the 200 response.
 
         Nothing has reached the client yet, so a 429, a 401 that survives one token refresh,
@@ -114,60 +101,70 @@ class ResponsesService:
         last_error = None
         while len(tried) < self.max_attempts:
             try:
-                account, decision = self.pool.choose(affinity[0], tried, follow=affinity[1])
+                account, decision = self.pool.choose(affinity, tried, follow=follow)
             except ApiError:
                 if last_error is None:
                     raise
                 break
             tried.add(account.id)
-            record.decide(**decision)
-            if self.pool.needs_refresh(account):
-                account, error = self.refresh(account, "expiring", record, required=False)
-                if error:
-                    last_error = error
-                    continue
-            response, error, status = self.send(account, body, headers, record)
-            if status == 401:
-                account, error = self.refresh(account, "upstream 401", record, required=True)
-                if error is None:
-                    response, error, status = self.send(account, body, headers, record)
-            if response is not None:
-                return response
-            if isinstance(error, UsageLimitReached):
-                self.pool.cool_down(account, error.extra["resets_at"], error.message)
-                record.decide("cooldown", account=account.id, until=error.extra["resets_at"])
-            elif isinstance(error, UpstreamError):
-                self.pool.note_error(account, error.message)
-            else:
-                raise error
-            last_error = error
-            record.decide("failover", account=account.id, reason=error.code)
+            exchange.decide(**decision)
+            try:
+                return self.attempt(exchange, account, payload, headers)
+            except AttemptFailed as failed:
+                last_error = failed.error
+                exchange.decide("failover", account=account.id, reason=last_error.code)
         if isinstance(last_error, UsageLimitReached):
             exhausted = self.pool.unavailable()
             raise exhausted if isinstance(exhausted, UsageLimitReached) else last_error
         raise last_error
 
-    def send(self, account, body, headers, record):
-        """One attempt: (200 response, None, 200) or (None, the ApiError it means, status)."""
-        self.pool.begin(account.id)
-        try:
-            response = self.client.open_responses(account.credentials, body, headers)
-        except UpstreamUnavailable as exc:
-            self.pool.end(account.id)
-            return None, UpstreamError(f"The upstream is unreachable: {exc}."), None
+    def attempt(self, exchange, account, payload, headers):
+        """One account's try: refresh its token if due, send, and after a 401 refresh and resend once."""
+        if self.pool.needs_refresh(account):
+            account = self.refresh(exchange, account, "expiring", required=False)
+        response = self.send(exchange, account, payload, headers)
+        if response.status_code == 401:
+            exchange.decide("upstream_status", account=account.id, status=401)
+            read_error_body(response)  # to its end: the connection goes back to the pool
+            account = self.refresh(exchange, account, "upstream 401", required=True)
+            response = self.send(exchange, account, payload, headers)
         if response.status_code == 200:
-            record.row["account_id"] = account.id
-            record.on_finish(lambda: self.pool.end(account.id))
-            return response, None, 200
-        self.pool.end(account.id)
-        record.decide("upstream_status", account=account.id, status=response.status_code)
-        error = error_for_status(response.status_code, read_error_body(response), self.default_cooldown)
-        if not isinstance(error, (UsageLimitReached, UpstreamError)):
-            record.row["account_id"] = account.id
-        return None, error, response.status_code
+            return response
+        raise self.refused(exchange, account, response)
 
-    def refresh(self, account, reason, record, required):
-        """(fresh account, None) or (account, the error that ends this account's attempt).
+    def send(self, exchange, account, payload, headers):
+        """POST to one account, holding its in-flight slot; returns the response whatever its
+        status (the slot is kept only for a 200)."""
+        exchange.hold(self.pool.begin(account.id))
+        try:
+            response = self.client.open_responses(account.credentials, payload, headers)
+        except UpstreamUnavailable as exc:
+            exchange.release_slot()
+            error = UpstreamError(f"The upstream is unreachable: {exc}.")
+            self.pool.note_error(account, error.message)
+            raise AttemptFailed(error) from None
+        if response.status_code == 200:
+            exchange.row["account_id"] = account.id
+        else:
+            exchange.release_slot()
+        return response
+
+    def refused(self, exchange, account, response):
+        """The error for an upstream answer other than 200: a failover, or final."""
+        exchange.decide("upstream_status", account=account.id, status=response.status_code)
+        error = error_for_status(response.status_code, read_error_body(response), self.default_cooldown)
+        if isinstance(error, UsageLimitReached):
+            self.pool.cool_down(account, error.extra["resets_at"], error.message)
+            exchange.decide("cooldown", account=account.id, until=error.extra["resets_at"])
+            return AttemptFailed(error)
+        if isinstance(error, UpstreamError):
+            self.pool.note_error(account, error.message)
+            return AttemptFailed(error)
+        exchange.row["account_id"] = account.id
+        return error
+
+    def refresh(self, exchange, account, reason, required):
+        """The account with fresh tokens, or ``AttemptFailed``.
 
         A refresh ahead of expiry that fails for a passing reason is not fatal while the
         current token still works; after an upstream 401 it is.
@@ -176,56 +173,51 @@ class ResponsesService:
         try:
             fresh = self.pool.refresh(account, optional=still_valid and not required)
         except RefreshFailed as exc:
-            record.decide("refresh_failed", account=account.id, reason=reason, error=str(exc),
-                          permanent=exc.permanent)
+            exchange.decide("refresh_failed", account=account.id, reason=reason, error=str(exc),
+                            permanent=exc.permanent)
             if required or exc.permanent or not still_valid:
-                return account, UpstreamError(f"The upstream account could not be refreshed: {exc}.")
-            return account, None
-        record.decide("refresh", account=account.id, reason=reason)
-        return fresh, None
+                raise AttemptFailed(UpstreamError(f"The upstream account could not be refreshed: {exc}.")) from None
+            return account
+        exchange.decide("refresh", account=account.id, reason=reason)
+        return fresh
 
-    def stream(self, response, record, client_socket, tracker, turn, new_items):
-        def finish(sse):
-            if sse.client_gone and tracker.terminal_name is None:
-                record.finish(499, "client_closed", sse.ttfb)
-            else:
-                record.finish(200, tracker.error_code(), sse.ttfb, tracker.final_response())
-            settle(turn, tracker, new_items)
+    # -- relaying ------------------------------------------------------------------------------
 
-        sse = relay.SSERelay(response, self.keepalive, self.read_timeout, finish, client_socket, record.started,
-                             tracker, turn.keep_alive if turn is not None else None)
+    def events(self, response, client):
+        try:
+            return relay.EventSource(response, self.read_timeout, client)
+        except BaseException:
+            response.close()
+            raise
+
+    def stream(self, exchange, response, tracker, client):
+        source = self.events(response, client)
+        sse = relay.SSERelay(source, tracker, exchange, self.keepalive, settle(exchange), exchange.keep_turn_alive)
         try:
             first = sse.first(self.keepalive)
-        except (ApiError, relay.ClientGone) as exc:
-            if turn is not None:
-                turn.abort()
-            if isinstance(exc, ApiError):
-                record.finish(exc.status, exc.code)
-                raise
-            record.finish(499, "client_closed")
+        except relay.ClientGone as exc:
+            exchange.fail(exc)
             return []  # nobody is there to read it
         return sse.body(first)
 
-    def complete(self, response, record, tracker, turn, new_items):
-        try:
-            tracker, result = relay.fold(response, self.read_timeout, tracker,
-                                         turn.keep_alive if turn is not None else None)
-        except ApiError as exc:
-            if turn is not None:
-                turn.abort()
-            record.finish(exc.status, exc.code)
-            raise
-        record.finish(200, tracker.error_code(), time.perf_counter() - record.started, result)
-        settle(turn, tracker, new_items)
+    def complete(self, exchange, response, tracker, client):
+        source = self.events(response, client)
+        result = relay.fold(source, tracker, settle(exchange, raising=True), exchange.keep_turn_alive)
+        if tracker.redact is not None:
+            result = tracker.redact(result)
+        exchange.finish(200, tracker.error_code(), time.perf_counter() - exchange.started, relay.usage_of(result))
         return result
 
 
-def settle(turn, tracker, new_items):
-    """A conversation turn keeps what a finished answer added; anything else adds nothing."""
-    if turn is None:
-        return
-    if tracker.terminal_name in (b"response.completed", b"response.incomplete") and \
-            (tracker.final_response() or {}).get("status") in ("completed", "incomplete"):
-        turn.commit(new_items, tracker.output_items())
-    else:
-        turn.abort()
+def settle(exchange, raising=False):
+    """At the final event: the conversation turn keeps what a finished answer added."""
+
+    def on_final(tracker):
+        try:
+            exchange.settle_turn(tracker.completed(), tracker.output_items())
+        except Exception:
+            if raising:
+                raise ApiError(relay.SETTLE_FAILED) from None
+            raise
+
+    return on_final

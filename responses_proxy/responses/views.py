@@ -1,11 +1,10 @@
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from ..auth import require_api_key
-from ..errors import ApiError
-from ..relay import SSE_HEADERS
+from ..relay import SSE_HEADERS, ClientConnection, ClientGone
 from ..requestbody import read_json_body
+from .exchange import Exchange
 from .schemas import validate_request
-from .service import RequestRecord
 
 bp = Blueprint("responses", __name__)
 
@@ -13,17 +12,20 @@ bp = Blueprint("responses", __name__)
 @bp.post("/v1/responses")
 @require_api_key
 def create_response():
-    service = current_app.extensions["responses_proxy"].responses
-    record = RequestRecord(service.recorder, g.request_id, g.api_key["id"])
+    services = current_app.extensions["responses_proxy"]
+    exchange = Exchange(services.recorder, g.request_id, g.api_key["id"])
     try:
         body = validate_request(read_json_body(current_app.config["MAX_BODY_BYTES"]))
-    except ApiError as exc:
-        record.finish(exc.status, exc.code)
+        exchange.describe(body)
+        result, headers = services.responses.create(exchange, g.api_key, body,
+                                                    ClientConnection.of(request.environ.get("gunicorn.socket")),
+                                                    request.headers)
+    except ClientGone as exc:
+        exchange.fail(exc)
+        return Response(status=499)  # nobody is there to read it
+    except BaseException as exc:
+        exchange.fail(exc)
         raise
-    record.row["model"] = body["model"]
-    record.row["stream"] = bool(body.get("stream"))
-    result, headers = service.create(g.api_key, body, record, request.environ.get("gunicorn.socket"),
-                                     request.headers)
     if isinstance(result, dict):
         response = jsonify(result)
         response.headers.update(headers)

@@ -78,17 +78,23 @@ def release_turn(engine, conversation_id, owner):
         ).values(busy_until=None, busy_owner=None))
 
 
+class LeaseLost(Exception):
+    """The turn's lease expired and another request took the conversation meanwhile."""
+
+
 def append(engine, conversation_id, items, release_owner=None):
-    """Append items as one new turn, atomically; optionally release a turn lease in the same
-    transaction. Returns the stored items (with their ids)."""
+    """Append items as one new turn, atomically; with ``release_owner``, only while that owner
+    still holds the turn lease (``LeaseLost`` otherwise, nothing written), releasing it in the
+    same transaction. Returns the stored items (with their ids)."""
     now = time.time()
     with engine.begin() as conn:
-        stored = _append(conn, conversation_id, items, now)
         if release_owner:
-            conn.execute(update(conversations).where(
+            released = conn.execute(update(conversations).where(
                 conversations.c.id == conversation_id, conversations.c.busy_owner == release_owner,
-            ).values(busy_until=None, busy_owner=None))
-    return stored
+            ).values(busy_until=None, busy_owner=None)).rowcount
+            if released != 1:
+                raise LeaseLost(f"the turn lease of {conversation_id} was lost")
+        return _append(conn, conversation_id, items, now)
 
 
 def _append(conn, conversation_id, items, now):

@@ -90,6 +90,21 @@ def affinity_key(api_key_id, body):
     return hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest(), follow
 
 
+class Slot:
+    """One request in flight on one account; ``release`` ends it, once."""
+
+    __slots__ = ("_pool", "_account_id")
+
+    def __init__(self, pool, account_id):
+        self._pool = pool
+        self._account_id = account_id
+
+    def release(self):
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.end(self._account_id)
+
+
 class AccountPool:
     def __init__(self, engine, cipher, client, config):
         self._engine = engine
@@ -241,8 +256,10 @@ class AccountPool:
     # -- in-flight accounting ----------------------------------------------------------------
 
     def begin(self, account_id):
+        """Count a request in flight on the account until the returned slot is released."""
         self._in_flight[account_id] += 1
         self._dispatched[account_id] += 1
+        return Slot(self, account_id)
 
     def end(self, account_id):
         self._in_flight[account_id] -= 1

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.e2e.conftest import ACCOUNT, events_of, read_stream, split_frames
+from responses_proxy.responses.service import scoped_cache_key
+from tests.e2e.conftest import ACCOUNT, events_of, key_id, read_stream, split_frames
 from tests.fake_upstream import Script
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -112,14 +113,15 @@ def test_replayed_codex_request_streams_and_reaches_upstream_unchanged(e2e, upst
     assert done == script.items
 
     [sent] = upstream.response_requests()
-    # Codex's body goes upstream as it came, plus the empty instructions the backend requires.
-    assert sent["body"] == {**body, "instructions": ""}
+    # Codex's body goes upstream as it came, plus the empty instructions the backend requires,
+    # and its thread id scoped to the API key as the upstream's prompt cache key.
+    thread = scoped_cache_key(key_id(e2e, e2e.key), body["prompt_cache_key"])
+    assert sent["body"] == {**body, "instructions": "", "prompt_cache_key": thread}
     upstream_body = sent["body"]
     assert upstream_body["stream"] is True and upstream_body["store"] is False
     messages = [item for item in upstream_body["input"] if item["type"] == "message"]
     assert messages[0]["role"] == "developer" and messages[-1]["role"] == "user"
     assert upstream_body["include"] == ["reasoning.encrypted_content"]
-    assert upstream_body["prompt_cache_key"] == body["prompt_cache_key"]
     assert upstream_body["client_metadata"] == body["client_metadata"]
     [reasoning] = [item for item in upstream_body["input"] if item["type"] == "reasoning"]
     assert "content" in reasoning and reasoning["content"] is None
@@ -148,7 +150,7 @@ def test_replayed_codex_request_streams_and_reaches_upstream_unchanged(e2e, upst
     for header, value in client.items():
         if header.startswith(("x-codex-", "x-openai-internal-codex-")):
             assert sent["headers"][header] == value
-    assert sent["headers"]["session_id"] == body["prompt_cache_key"]
+    assert sent["headers"]["session_id"] == thread
 
 
 def run_codex(gateway, tmp_path, prompt, model="gpt-5.2"):
