@@ -159,7 +159,7 @@ class Gateway:
 
         # A fresh last_refresh: no token refresh in the measured path (an old one triggers one).
         last_refresh = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        app = create_app({"DATA_DIR": self.data_dir, "DATABASE_URL": None, "SECRET_KEY": None,
+        app = create_app({"DATA_DIR": self.data_dir, "DATABASE_URL": None, "ENCRYPTION_KEY": None,
                           "UPSTREAM_BASE_URL": self.upstream_url, "AUTH_BASE_URL": self.upstream_url,
                           "LOG_LEVEL": "WARNING"})
         services = app.extensions["responses_proxy"]

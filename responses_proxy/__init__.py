@@ -4,45 +4,27 @@ from flask import Flask
 
 from .config import load_config
 from .errors import register_error_handlers
-
-
-class Services:
-    """What the views need, built once per process: ``app.extensions["responses_proxy"]``."""
-
-    def __init__(self, config):
-        from .catalog.service import Catalog
-        from .conversations.service import ConversationService
-        from .crypto import cipher_for
-        from .responses.service import ResponsesService
-        from .store import make_engine
-        from .store.recorder import UsageRecorder
-        from .upstream.client import UpstreamClient
-        from .upstream.pool import AccountPool
-
-        self.settings = config
-        self.engine = make_engine(config["DATABASE_URL"])
-        self.cipher = cipher_for(config)
-        self.client = UpstreamClient(config)
-        self.recorder = UsageRecorder(self.engine, config["USAGE_FLUSH_SECONDS"])
-        self.pool = AccountPool(self.engine, self.cipher, self.client, config)
-        self.catalog = Catalog(self.client, self.pool, config["MODELS_CACHE_SECONDS"])
-        self.conversations = ConversationService(self.engine, config)
-        self.responses = ResponsesService(self.pool, self.client, self.catalog, self.conversations, config)
+from .services import EXTENSION, Services
 
 
 def create_app(config=None):
-    """Build the app: settings from the environment, overridden by ``config`` (tests)."""
+    """Build the app: settings from the environment, overridden by ``config`` (tests, apps
+    that embed this one), then each domain wires itself in."""
     app = Flask(__name__)
-    settings = load_config(overrides=config)
-    # Flask would sign its sessions with a SECRET_KEY: the token key stays out of Flask's config
-    # (an app extending this one sets its own). Services keep the full settings.
-    app.config.update({name: value for name, value in settings.items() if name != "SECRET_KEY"})
+    settings = configure_settings(app, config)
     configure_logging(app)
-    app.extensions["responses_proxy"] = Services(settings)
+    app.extensions[EXTENSION] = Services(settings)
     register_error_handlers(app)
-    register_blueprints(app)
-    register_cli(app)
+    register_domains(app)
     return app
+
+
+def configure_settings(app, overrides):
+    settings = load_config(overrides=overrides)
+    # The key that encrypts upstream tokens stays out of Flask's config, which extensions and
+    # debug pages read; the services keep the full settings.
+    app.config.update({name: value for name, value in settings.items() if name != "ENCRYPTION_KEY"})
+    return settings
 
 
 def configure_logging(app):
@@ -51,19 +33,8 @@ def configure_logging(app):
     configure(app.config["LOG_LEVEL"])
 
 
-def register_blueprints(app):
-    from . import observability
-    from .catalog.views import bp as catalog_bp
-    from .conversations.views import bp as conversations_bp
-    from .responses.views import bp as responses_bp
+def register_domains(app):
+    from . import catalog, cli, conversations, keys, observability, responses
 
-    observability.init_app(app)
-    app.register_blueprint(responses_bp)
-    app.register_blueprint(catalog_bp)
-    app.register_blueprint(conversations_bp)
-
-
-def register_cli(app):
-    from .cli import register
-
-    register(app)
+    for domain in (observability, keys, responses, catalog, conversations, cli):
+        domain.init_app(app)

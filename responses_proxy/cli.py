@@ -7,24 +7,18 @@ from datetime import UTC, datetime
 
 import click
 import orjson
-from flask import current_app
 from flask.cli import AppGroup, ScriptInfo, with_appcontext
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from .config import PREFIX, SETTINGS
+from .services import services
 from .store import accounts as account_store
-from .store import conversations as conversation_store
-from .store import keys as key_store
 from .store import migrate
 from .store import usage as usage_store
 from .upstream.credentials import CredentialsError, parse_auth_json
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-
-
-def services():
-    return current_app.extensions["responses_proxy"]
 
 
 class Command(click.Command):
@@ -85,49 +79,6 @@ def table(rows, columns):
     lines = ["  ".join(title.ljust(width) for title, width in zip(columns, widths, strict=True))]
     lines += ["  ".join(str(value).ljust(width) for value, width in zip(row, widths, strict=True)) for row in rows]
     return "\n".join(line.rstrip() for line in lines)
-
-
-keys_cli = Group("keys", help="Create, list and revoke the API keys clients use.")
-
-
-@keys_cli.command("create")
-@click.option("--name", required=True, help="What the key is for (shown in listings).")
-@click.option("--allowed-models", default=None, help="Comma-separated model slugs this key may use (default: all).")
-@json_option
-@uses_database
-def keys_create(name, allowed_models, as_json):
-    """Create a key; its plaintext is printed once and never stored."""
-    models = [model.strip() for model in allowed_models.split(",") if model.strip()] if allowed_models else None
-    if allowed_models is not None and not models:
-        raise click.BadParameter("name at least one model", param_hint="--allowed-models")
-    created = key_store.create(services().engine, name, models)
-    emit(created, as_json,
-         f"id:  {created['id']}\nkey: {created['key']}\n"
-         "This is the only time the key is shown: store it now.")
-
-
-@keys_cli.command("list")
-@json_option
-@uses_database
-def keys_list(as_json):
-    """List keys (never their plaintext)."""
-    rows = key_store.list_all(services().engine)
-    emit(rows, as_json, table(
-        [(row["id"], row["name"], row["prefix"] + "…", ",".join(row["allowed_models"] or ["*"]),
-          when(row["created_at"]), "revoked " + when(row["revoked_at"]) if row["revoked_at"] else "active")
-         for row in rows],
-        ("ID", "NAME", "PREFIX", "MODELS", "CREATED", "STATUS")))
-
-
-@keys_cli.command("revoke")
-@click.argument("key_id")
-@json_option
-@uses_database
-def keys_revoke(key_id, as_json):
-    """Revoke a key: requests with it get 401 from now on."""
-    if not key_store.revoke(services().engine, key_id):
-        raise click.ClickException(f"no active key with id {key_id}")
-    emit({"id": key_id, "revoked": True}, as_json, f"revoked {key_id}")
 
 
 accounts_cli = Group("accounts", help="Import, list and remove the upstream ChatGPT accounts.")
@@ -262,32 +213,6 @@ def usage_report(since, group, as_json):
         (group.upper(), "REQUESTS", "ERRORS", "INPUT", "CACHED", "OUTPUT", "REASONING", "AVG TTFB MS")))
 
 
-conversations_cli = Group("conversations", help="Delete stored conversations.")
-
-
-@conversations_cli.command("purge")
-@click.option("--key", "key_id", required=True, help="The API key id whose conversations are deleted.")
-@json_option
-@uses_database
-def conversations_purge(key_id, as_json):
-    """Delete every conversation of one API key."""
-    deleted = conversation_store.purge_key(services().engine, key_id)
-    emit({"key_id": key_id, "deleted": deleted}, as_json, f"deleted {deleted} conversations of {key_id}")
-
-
-@conversations_cli.command("prune")
-@click.option("--days", type=float, default=None,
-              help="Idle days to keep (default: RESPONSES_PROXY_CONVERSATION_RETENTION_DAYS).")
-@json_option
-@uses_database
-def conversations_prune(days, as_json):
-    """Delete conversations idle for longer than the retention period (for cron)."""
-    days = current_app.config["CONVERSATION_RETENTION_DAYS"] if days is None else days
-    deleted = conversation_store.prune(services().engine, time.time() - days * 86400)
-    emit({"retention_days": days, "deleted": deleted}, as_json,
-         f"deleted {deleted} conversations idle for more than {days:g} days")
-
-
 db_cli = Group("db", help="Database schema.")
 
 
@@ -306,7 +231,7 @@ def settings(as_json):
     values = {}
     for setting in SETTINGS:
         value = services().settings[setting.name]
-        if setting.name == "SECRET_KEY" and value:
+        if setting.name == "ENCRYPTION_KEY" and value:
             value = "(set)"
         elif setting.name == "DATABASE_URL":
             value = make_url(value).render_as_string(hide_password=True)
@@ -314,6 +239,6 @@ def settings(as_json):
     emit(values, as_json, "\n".join(f"{name}={'' if value is None else value}" for name, value in values.items()))
 
 
-def register(app):
-    for command in (keys_cli, accounts_cli, conversations_cli, usage_report, db_cli, settings):
+def init_app(app):
+    for command in (accounts_cli, usage_report, db_cli, settings):
         app.cli.add_command(command)

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 PREFIX = "RESPONSES_PROXY_"
+# Former names still read (new name -> old name), so an upgrade keeps working deploys working.
+RENAMED = {"ENCRYPTION_KEY": "SECRET_KEY"}
 
 
 class ConfigError(ValueError):
@@ -43,8 +45,9 @@ SETTINGS = (
     Setting("DATABASE_URL", _str, None,
             "SQLAlchemy URL; default SQLite at DATA_DIR/responses-proxy.db. "
             "Use postgresql+psycopg://user@host/db to share state between hosts."),
-    Setting("SECRET_KEY", _str, None,
-            "Key that encrypts upstream tokens at rest; default: generated once into DATA_DIR/secret.key (mode 0600)."),
+    Setting("ENCRYPTION_KEY", _str, None,
+            "Key that encrypts upstream tokens at rest; default: generated once into DATA_DIR/secret.key "
+            "(mode 0600). RESPONSES_PROXY_SECRET_KEY, its former name, is still read when this is unset."),
     Setting("UPSTREAM_BASE_URL", _str, "https://chatgpt.com/backend-api",
             "Codex backend; requests go to {base}/codex/responses, models come from {base}/codex/models."),
     Setting("AUTH_BASE_URL", _str, "https://auth.openai.com",
@@ -90,6 +93,8 @@ def load_config(environ=None, overrides=None):
     config = {}
     for setting in SETTINGS:
         raw = environ.get(PREFIX + setting.name)
+        if not raw and setting.name in RENAMED:
+            raw = environ.get(PREFIX + RENAMED[setting.name])
         if raw is None or raw == "":
             config[setting.name] = setting.default
             continue

@@ -22,7 +22,7 @@ class TokenCipher:
             return self._fernet.decrypt(token.encode("ascii"))
         except InvalidToken:
             raise ValueError(
-                "stored tokens cannot be decrypted: RESPONSES_PROXY_SECRET_KEY (or DATA_DIR/secret.key) "
+                "stored tokens cannot be decrypted: RESPONSES_PROXY_ENCRYPTION_KEY (or DATA_DIR/secret.key) "
                 "is not the key they were encrypted with") from None
 
 
@@ -64,6 +64,6 @@ def load_or_create_key(data_dir: str) -> bytes:
 
 
 def cipher_for(config) -> TokenCipher:
-    if config.get("SECRET_KEY"):
-        return TokenCipher(fernet_key(config["SECRET_KEY"]))
+    if config.get("ENCRYPTION_KEY"):
+        return TokenCipher(fernet_key(config["ENCRYPTION_KEY"]))
     return TokenCipher(load_or_create_key(config["DATA_DIR"]))

@@ -7,8 +7,10 @@ import time
 import uuid
 
 import orjson
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, g, jsonify, request
 from sqlalchemy import text
+
+from .services import services
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
@@ -65,7 +67,7 @@ def init_app(app):
 def health():
     """Liveness and database reachability, for load balancers and systemd watchdogs."""
     try:
-        with current_app.extensions["responses_proxy"].engine.connect() as conn:
+        with services().engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except Exception as exc:  # any database failure means "not healthy", with the reason
         return jsonify({"status": "unhealthy", "database": type(exc).__name__}), 503

@@ -81,7 +81,7 @@ def database_url(request, tmp_path):
 
 def make_app(data_dir, upstream_url, database_url=None, **overrides):
     config = {"DATA_DIR": str(data_dir), "DATABASE_URL": database_url, "UPSTREAM_BASE_URL": upstream_url,
-              "AUTH_BASE_URL": upstream_url, "SECRET_KEY": SECRET, "USAGE_FLUSH_SECONDS": 0,
+              "AUTH_BASE_URL": upstream_url, "ENCRYPTION_KEY": SECRET, "USAGE_FLUSH_SECONDS": 0,
               "LOG_LEVEL": "WARNING", **overrides}
     app = create_app(config)
     app.config["TESTING"] = True
@@ -151,7 +151,7 @@ class Gateway:
             "RESPONSES_PROXY_DATA_DIR": str(data_dir),
             "RESPONSES_PROXY_UPSTREAM_BASE_URL": upstream_url,
             "RESPONSES_PROXY_AUTH_BASE_URL": upstream_url,
-            "RESPONSES_PROXY_SECRET_KEY": SECRET,
+            "RESPONSES_PROXY_ENCRYPTION_KEY": SECRET,
             "RESPONSES_PROXY_WORKERS": str(workers),
             "RESPONSES_PROXY_USAGE_FLUSH_SECONDS": "0.1",
             "RESPONSES_PROXY_ACCESS_LOG": "off",

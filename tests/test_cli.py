@@ -325,7 +325,7 @@ def test_settings(runner):
 
     assert "RESPONSES_PROXY_UPSTREAM_BASE_URL=http://127.0.0.1" in text
     assert values["RESPONSES_PROXY_MAX_BODY_BYTES"] == 64 * 1024 * 1024
-    assert values["RESPONSES_PROXY_SECRET_KEY"] == "(set)"
+    assert values["RESPONSES_PROXY_ENCRYPTION_KEY"] == "(set)"
     assert "test-secret-key" not in text and "test-secret-key" not in json.dumps(values)
     assert all(name.startswith("RESPONSES_PROXY_") for name in values)
 
@@ -347,6 +347,15 @@ def test_settings_hide_the_database_password(tmp_path, upstream, postgres_url):
 
 
 def test_the_token_key_is_not_flasks_session_key(app, runner):
-    # Flask signs sessions with SECRET_KEY; the key that encrypts upstream tokens is not it.
-    assert app.config.get("SECRET_KEY") is None
-    assert app.extensions["responses_proxy"].settings["SECRET_KEY"]
+    # Flask signs sessions with SECRET_KEY; the key that encrypts upstream tokens is not it,
+    # and it stays out of Flask's config altogether.
+    assert app.config.get("SECRET_KEY") is None and "ENCRYPTION_KEY" not in app.config
+    assert app.extensions["responses_proxy"].settings["ENCRYPTION_KEY"]
+
+
+def test_the_former_name_of_the_encryption_key_is_still_read():
+    from responses_proxy.config import load_config
+
+    assert load_config({"RESPONSES_PROXY_SECRET_KEY": "old"})["ENCRYPTION_KEY"] == "old"
+    both = {"RESPONSES_PROXY_SECRET_KEY": "old", "RESPONSES_PROXY_ENCRYPTION_KEY": "new"}
+    assert load_config(both)["ENCRYPTION_KEY"] == "new"

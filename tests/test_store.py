@@ -182,7 +182,7 @@ def test_tokens_are_encrypted_at_rest(engine, cipher):
                    imported["access_token"].split(".")[1]):
         assert secret not in text
     assert account_store.tokens(cipher, stored)["access_token"] == imported["access_token"]
-    with pytest.raises(ValueError, match="SECRET_KEY"):
+    with pytest.raises(ValueError, match="ENCRYPTION_KEY"):
         account_store.tokens(TokenCipher(fernet_key("another-secret")), stored)
 
 

@@ -190,6 +190,16 @@ class ConversationService:
             raise NotFound(f"No item '{item_id}' in this conversation.", param="item_id", code="item_not_found")
         return item_object(item_id, orjson.loads(data))
 
+    # -- retention ------------------------------------------------------------------------------
+
+    def purge_key(self, key_id):
+        """Delete every conversation of an API key; returns how many."""
+        return store.purge_key(self.engine, key_id)
+
+    def prune(self, days):
+        """Delete conversations idle for more than ``days``; returns how many."""
+        return store.prune(self.engine, time.time() - days * 86400)
+
     def delete_item(self, key, conversation_id, item_id):
         row = self.owned(key, conversation_id)
         if not store.delete_item(self.engine, conversation_id, item_id):

@@ -3,6 +3,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 from ..auth import require_api_key
 from ..requestbody import read_json_body
 from ..responses.normalize import normalize_input
+from ..services import services
 from ..validation import load, load_query
 from . import schemas
 
@@ -10,7 +11,7 @@ bp = Blueprint("conversations", __name__, url_prefix="/v1/conversations")
 
 
 def service():
-    return current_app.extensions["responses_proxy"].conversations
+    return services().conversations
 
 
 def body(schema, optional=False):

@@ -3,21 +3,22 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from ..auth import require_api_key
 from ..relay import SSE_HEADERS, ClientConnection, ClientGone
 from ..requestbody import read_json_body
+from ..services import services
 from .exchange import Exchange
 from .schemas import validate_request
 
-bp = Blueprint("responses", __name__)
+bp = Blueprint("responses", __name__, url_prefix="/v1")
 
 
-@bp.post("/v1/responses")
+@bp.post("/responses")
 @require_api_key
 def create_response():
-    services = current_app.extensions["responses_proxy"]
-    exchange = Exchange(services.recorder, g.request_id, g.api_key["id"])
+    shared = services()
+    exchange = Exchange(shared.recorder, g.request_id, g.api_key["id"])
     try:
         body = validate_request(read_json_body(current_app.config["MAX_BODY_BYTES"]))
         exchange.describe(body)
-        result, headers = services.responses.create(exchange, g.api_key, body,
+        result, headers = shared.responses.create(exchange, g.api_key, body,
                                                     ClientConnection.of(request.environ.get("gunicorn.socket")),
                                                     request.headers)
     except ClientGone as exc:

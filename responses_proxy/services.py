@@ -1,0 +1,36 @@
+"""The objects the domains share, built once per process, and the one way to reach them."""
+
+from flask import current_app
+
+EXTENSION = "responses_proxy"
+
+
+class Services:
+    """Engine, cipher, upstream client, pool and the domain services: ``services()``."""
+
+    def __init__(self, config):
+        from .catalog.service import Catalog
+        from .conversations.service import ConversationService
+        from .crypto import cipher_for
+        from .keys.service import KeyService
+        from .responses.service import ResponsesService
+        from .store import make_engine
+        from .store.recorder import UsageRecorder
+        from .upstream.client import UpstreamClient
+        from .upstream.pool import AccountPool
+
+        self.settings = config
+        self.engine = make_engine(config["DATABASE_URL"])
+        self.cipher = cipher_for(config)
+        self.client = UpstreamClient(config)
+        self.recorder = UsageRecorder(self.engine, config["USAGE_FLUSH_SECONDS"])
+        self.pool = AccountPool(self.engine, self.cipher, self.client, config)
+        self.keys = KeyService(self.engine)
+        self.catalog = Catalog(self.client, self.pool, config["MODELS_CACHE_SECONDS"])
+        self.conversations = ConversationService(self.engine, config)
+        self.responses = ResponsesService(self.pool, self.client, self.catalog, self.conversations, config)
+
+
+def services() -> Services:
+    """The current app's services (inside a request or an app context)."""
+    return current_app.extensions[EXTENSION]
