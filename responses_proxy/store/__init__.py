@@ -1,39 +1,91 @@
 """Storage: one SQLAlchemy engine per process, SQLite (WAL) by default, PostgreSQL by URL."""
 
+import contextlib
 import os
+import sqlite3
 import time
 
 from sqlalchemy import create_engine, event, or_, update
 from sqlalchemy.engine import make_url
 
+# How long a write waits for another process's write lock on SQLite before it fails.
+SQLITE_LOCK_WAIT_SECONDS = 30.0
+_WRITE = "responses_proxy_write"
+_SQLITE_BUSY = 5  # SQLITE_BUSY and its extended codes but BUSY_SNAPSHOT (517), which no wait cures
+_SQLITE_BUSY_SNAPSHOT = 517
+
 
 def make_engine(url):
+    # Statement parameters (conversation text, tokens) never appear in database error messages.
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30})
+        return _sqlite_engine(url, parsed)
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=20, hide_parameters=True)
 
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection, _record):
-            cursor = dbapi_connection.cursor()
-            # WAL lets every worker read while one writes; NORMAL is durable across crashes of the
-            # process (only an OS crash may lose the last commits) and much cheaper than FULL.
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
 
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=20)
+def _sqlite_engine(url, parsed):
+    if parsed.database and parsed.database != ":memory:":
+        os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
+    # The driver does not begin transactions itself (isolation_level None) and never sleeps in C
+    # on a lock (timeout 0): SQLite's busy handler would block the worker's whole event loop.
+    # Transactions begin below; a lock wait is a retry loop with time.sleep, which gevent makes
+    # cooperative, so the worker's other requests go on meanwhile.
+    engine = create_engine(url, connect_args={"timeout": 0, "isolation_level": None}, hide_parameters=True)
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_connection, _record):
+        cursor = dbapi_connection.cursor()
+        # WAL lets every worker read while one writes; NORMAL is durable across crashes of the
+        # process (only an OS crash may lose the last commits) and much cheaper than FULL.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=0")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn):
+        # A writing transaction takes the write lock first: one that read first and then wrote
+        # could fail for good (SQLITE_BUSY_SNAPSHOT) when another process wrote in between.
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
+
+    @event.listens_for(engine, "do_execute")
+    def _execute_waiting_for_locks(cursor, statement, parameters, _context):
+        deadline = None
+        pause = 0.002
+        while True:
+            try:
+                cursor.execute(statement, parameters)
+                return True
+            except sqlite3.OperationalError as exc:
+                code = getattr(exc, "sqlite_errorcode", None)
+                if code is None or code & 0xFF != _SQLITE_BUSY or code == _SQLITE_BUSY_SNAPSHOT:
+                    raise
+                now = time.monotonic()
+                deadline = deadline or now + SQLITE_LOCK_WAIT_SECONDS
+                if now >= deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
+
+    return engine
+
+
+@contextlib.contextmanager
+def write(engine):
+    """A transaction that writes (in place of ``engine.begin()``, also when it reads first): on SQLite
+    it holds the write lock from its start, waited for without blocking other greenlets."""
+    with engine.connect() as conn:
+        conn.execution_options(**{_WRITE: True})
+        with conn.begin():
+            yield conn
 
 
 def take_lease(engine, table, row_id, until, owner_column, owner, seconds):
     """Mark a row held by ``owner`` for ``seconds`` unless someone else holds a live lease on
     it (one conditional UPDATE, so two processes never both win); True when taken."""
     now = time.time()
-    with engine.begin() as conn:
+    with write(engine) as conn:
         return conn.execute(update(table).where(
             table.c.id == row_id, or_(until.is_(None), until < now),
         ).values({until: now + seconds, owner_column: owner})).rowcount == 1

@@ -6,7 +6,7 @@ import time
 import orjson
 from sqlalchemy import delete, func, insert, or_, select, update
 
-from . import take_lease
+from . import take_lease, write
 from .tables import accounts
 
 ACTIVE, DISABLED, NEEDS_RELOGIN = "active", "disabled", "needs_relogin"
@@ -30,7 +30,7 @@ def upsert(engine, cipher, credentials):
         "last_refresh": credentials["last_refresh"],
         "updated_at": now,
     }
-    with engine.begin() as conn:
+    with write(engine) as conn:
         existing = conn.execute(
             select(accounts.c.id).where(accounts.c.chatgpt_account_id == credentials["chatgpt_account_id"])
         ).scalar()
@@ -55,7 +55,7 @@ def list_all(engine):
 
 
 def remove(engine, account_id):
-    with engine.begin() as conn:
+    with write(engine) as conn:
         return conn.execute(delete(accounts).where(accounts.c.id == account_id)).rowcount == 1
 
 
@@ -77,14 +77,14 @@ def tokens(cipher, row):
 
 def set_cooldown(engine, account_id, until, error):
     now = time.time()
-    with engine.begin() as conn:
+    with write(engine) as conn:
         conn.execute(update(accounts).where(accounts.c.id == account_id).values(
             cooldown_until=until, last_error=error, last_error_at=now, updated_at=now))
 
 
 def record_error(engine, account_id, error):
     now = time.time()
-    with engine.begin() as conn:
+    with write(engine) as conn:
         conn.execute(update(accounts).where(accounts.c.id == account_id).values(
             last_error=error, last_error_at=now, updated_at=now))
 
@@ -122,7 +122,7 @@ def version(engine):
 
 
 def set_status(engine, account_id, status):
-    with engine.begin() as conn:
+    with write(engine) as conn:
         return conn.execute(update(accounts).where(accounts.c.id == account_id).values(
             status=status, updated_at=time.time())).rowcount == 1
 
@@ -136,7 +136,7 @@ def try_lock_refresh(engine, account_id, owner, hold_seconds):
 def save_refreshed(engine, cipher, account_id, owner, tokens, access_expires_at):
     """Store rotated tokens and release the lock, in one statement (all or nothing)."""
     now = time.time()
-    with engine.begin() as conn:
+    with write(engine) as conn:
         return conn.execute(update(accounts).where(
             accounts.c.id == account_id, accounts.c.refresh_lock_owner == owner,
         ).values(tokens=cipher.encrypt(orjson.dumps(tokens)), access_expires_at=access_expires_at,
@@ -151,7 +151,7 @@ def release_refresh(engine, account_id, owner, error, status=None):
         values.update(last_error=error, last_error_at=now)
     if status:
         values["status"] = status
-    with engine.begin() as conn:
+    with write(engine) as conn:
         conn.execute(update(accounts).where(
             accounts.c.id == account_id, accounts.c.refresh_lock_owner == owner).values(**values))
 
@@ -159,7 +159,7 @@ def release_refresh(engine, account_id, owner, error, status=None):
 def claim_quota_check(engine, account_id, interval):
     """Claim the next quota poll of an account, so that one worker polls it per interval."""
     now = time.time()
-    with engine.begin() as conn:
+    with write(engine) as conn:
         return conn.execute(update(accounts).where(
             accounts.c.id == account_id,
             or_(accounts.c.quota_checked_at.is_(None), accounts.c.quota_checked_at < now - interval),
@@ -167,6 +167,6 @@ def claim_quota_check(engine, account_id, interval):
 
 
 def save_quota(engine, account_id, quota):
-    with engine.begin() as conn:
+    with write(engine) as conn:
         conn.execute(update(accounts).where(accounts.c.id == account_id).values(
             quota=quota, updated_at=time.time()))

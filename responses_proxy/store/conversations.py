@@ -6,7 +6,7 @@ import time
 import orjson
 from sqlalchemy import delete, func, insert, select, update
 
-from . import take_lease
+from . import take_lease, write
 from .tables import conversation_items, conversations
 
 ID_PREFIXES = {"message": "msg", "function_call_output": "fco", "function_call": "fc", "reasoning": "rs"}
@@ -33,7 +33,7 @@ def create(engine, key_id, metadata=None, items=(), conversation_id=None):
     (row, stored items), or (None, []) when the id is already taken."""
     now = time.time()
     conversation_id = conversation_id or new_conversation_id()
-    with engine.begin() as conn:
+    with write(engine) as conn:
         taken = conn.execute(select(conversations.c.id).where(conversations.c.id == conversation_id)).scalar()
         if taken:
             return None, []
@@ -46,14 +46,14 @@ def create(engine, key_id, metadata=None, items=(), conversation_id=None):
 
 
 def update_metadata(engine, conversation_id, metadata):
-    with engine.begin() as conn:
+    with write(engine) as conn:
         conn.execute(update(conversations).where(conversations.c.id == conversation_id).values(
             metadata=metadata, updated_at=time.time()))
         return conn.execute(select(conversations).where(conversations.c.id == conversation_id)).mappings().first()
 
 
 def delete_conversation(engine, conversation_id):
-    with engine.begin() as conn:
+    with write(engine) as conn:
         conn.execute(delete(conversation_items).where(conversation_items.c.conversation_id == conversation_id))
         return conn.execute(delete(conversations).where(conversations.c.id == conversation_id)).rowcount == 1
 
@@ -65,14 +65,14 @@ def acquire_turn(engine, conversation_id, owner, lease):
 
 
 def renew_turn(engine, conversation_id, owner, lease):
-    with engine.begin() as conn:
+    with write(engine) as conn:
         conn.execute(update(conversations).where(
             conversations.c.id == conversation_id, conversations.c.busy_owner == owner,
         ).values(busy_until=time.time() + lease))
 
 
 def release_turn(engine, conversation_id, owner):
-    with engine.begin() as conn:
+    with write(engine) as conn:
         conn.execute(update(conversations).where(
             conversations.c.id == conversation_id, conversations.c.busy_owner == owner,
         ).values(busy_until=None, busy_owner=None))
@@ -87,7 +87,7 @@ def append(engine, conversation_id, items, release_owner=None):
     still holds the turn lease (``LeaseLost`` otherwise, nothing written), releasing it in the
     same transaction. Returns the stored items (with their ids)."""
     now = time.time()
-    with engine.begin() as conn:
+    with write(engine) as conn:
         if release_owner:
             released = conn.execute(update(conversations).where(
                 conversations.c.id == conversation_id, conversations.c.busy_owner == release_owner,
@@ -156,7 +156,7 @@ def get_item(engine, conversation_id, item_id):
 
 
 def delete_item(engine, conversation_id, item_id):
-    with engine.begin() as conn:
+    with write(engine) as conn:
         return conn.execute(delete(conversation_items).where(
             conversation_items.c.conversation_id == conversation_id,
             conversation_items.c.item_id == item_id)).rowcount > 0
@@ -164,7 +164,7 @@ def delete_item(engine, conversation_id, item_id):
 
 def purge_key(engine, key_id):
     """Delete every conversation of a key; returns how many."""
-    with engine.begin() as conn:
+    with write(engine) as conn:
         owned = select(conversations.c.id).where(conversations.c.key_id == key_id)
         conn.execute(delete(conversation_items).where(conversation_items.c.conversation_id.in_(owned)))
         return conn.execute(delete(conversations).where(conversations.c.key_id == key_id)).rowcount
@@ -172,7 +172,7 @@ def purge_key(engine, key_id):
 
 def prune(engine, older_than):
     """Delete conversations not updated since ``older_than``; returns how many."""
-    with engine.begin() as conn:
+    with write(engine) as conn:
         stale = select(conversations.c.id).where(conversations.c.updated_at < older_than)
         conn.execute(delete(conversation_items).where(conversation_items.c.conversation_id.in_(stale)))
         return conn.execute(delete(conversations).where(conversations.c.updated_at < older_than)).rowcount

@@ -6,6 +6,7 @@ import time
 
 from sqlalchemy import and_, bindparam, insert, select, update
 
+from . import write
 from .accounts import VERSION_COLUMNS
 from .tables import api_keys
 
@@ -28,7 +29,7 @@ def create(engine, name, allowed_models=None):
         "created_at": time.time(),
         "revoked_at": None,
     }
-    with engine.begin() as conn:
+    with write(engine) as conn:
         conn.execute(insert(api_keys).values(**row))
     return public(row) | {"key": plaintext}
 
@@ -62,7 +63,7 @@ def list_all(engine):
 
 def revoke(engine, key_id):
     """Revoke a key; False when there is no such (unrevoked) key."""
-    with engine.begin() as conn:
+    with write(engine) as conn:
         result = conn.execute(
             update(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
             .values(revoked_at=time.time()))

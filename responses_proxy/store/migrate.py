@@ -18,7 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
-from . import make_engine
+from . import make_engine, write
 
 MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
 # Any constant shared by every process of every host: the key of PostgreSQL's advisory lock.
@@ -60,13 +60,13 @@ def _file_lock(engine):
 def upgrade(engine, revision="head"):
     """Apply the pending migrations, one process at a time."""
     if engine.dialect.name == "postgresql":
-        with engine.begin() as connection:
+        with write(engine) as connection:
             # Held until this transaction ends; PostgreSQL's DDL is transactional, so a second
             # process waits here and then finds the schema current.
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
             command.upgrade(alembic_config(connection), revision)
         return
-    with _file_lock(engine), engine.begin() as connection:
+    with _file_lock(engine), write(engine) as connection:
         command.upgrade(alembic_config(connection), revision)
 
 

@@ -6,6 +6,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from . import write
 from .tables import affinity, worker_load
 
 
@@ -25,19 +26,19 @@ def affinity_get(engine, cache_key, not_before):
 def affinity_put(engine, rows):
     """rows: [{"cache_key", "account_id", "updated_at"}]"""
     if rows:
-        with engine.begin() as conn:
+        with write(engine) as conn:
             _upsert(conn, affinity, rows, ["cache_key"], ["account_id", "updated_at"])
 
 
 def affinity_prune(engine, older_than):
-    with engine.begin() as conn:
+    with write(engine) as conn:
         return conn.execute(delete(affinity).where(affinity.c.updated_at < older_than)).rowcount
 
 
 def report_load(engine, worker_id, counts):
     """Replace this worker's in-flight counts (only non-zero ones are kept)."""
     now = time.time()
-    with engine.begin() as conn:
+    with write(engine) as conn:
         conn.execute(delete(worker_load).where(worker_load.c.worker_id == worker_id))
         rows = [{"worker_id": worker_id, "account_id": account_id, "in_flight": count, "updated_at": now}
                 for account_id, count in counts.items() if count > 0]
@@ -56,5 +57,5 @@ def load_totals(engine, exclude_worker, fresh_after):
 
 
 def clear_load(engine, worker_id):
-    with engine.begin() as conn:
+    with write(engine) as conn:
         conn.execute(delete(worker_load).where(worker_load.c.worker_id == worker_id))

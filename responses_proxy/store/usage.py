@@ -4,6 +4,7 @@ import logging
 
 from sqlalchemy import func, insert, select
 
+from . import write
 from .tables import usage
 
 log = logging.getLogger(__name__)
@@ -15,7 +16,7 @@ COLUMNS = ("created_at", "request_id", "key_id", "account_id", "model", "stream"
 
 def insert_many(engine, rows):
     if rows:
-        with engine.begin() as conn:
+        with write(engine) as conn:
             conn.execute(insert(usage), [{column: row.get(column) for column in COLUMNS} for row in rows])
 
 
