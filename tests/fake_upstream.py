@@ -321,13 +321,21 @@ class FakeUpstream:
                                  "refresh_token": fresh["tokens"]["refresh_token"]})
 
             def _serve_responses(self, body, behaviour):
-                """Behaviour keys: ``status`` + ``body`` (an error before the stream), ``events``
+                """Behaviour keys: ``status`` + ``body`` (an error before the stream; ``page``
+                instead of ``body``: an HTML page), ``events``
                 (default: a text answer), ``delay`` (seconds between events), ``stall`` (seconds
                 to wait before the event with index ``stall_at``), ``cut_after`` (close the
                 connection after that many events), ``header_delay`` (seconds before headers),
                 ``names`` (False: no ``event:`` lines), ``crlf`` (CRLF line endings)."""
                 time.sleep(behaviour.get("header_delay", 0))
                 status = behaviour.get("status", 200)
+                if status != 200 and "page" in behaviour:  # what a proxy in front answers: HTML
+                    page = behaviour["page"].encode()
+                    self.send_response(status)
+                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Length", str(len(page)))
+                    self.end_headers()
+                    return self.wfile.write(page)
                 if status != 200:
                     return self._json(status, behaviour.get("body", {"error": {"message": "failure"}}),
                                       behaviour.get("headers"))

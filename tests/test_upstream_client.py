@@ -161,7 +161,12 @@ def test_refused_credentials_are_502(status):
 
 @pytest.mark.parametrize("status, body, fragment", [
     pytest.param(500, raw({"detail": "Internal error"}), "Internal error", id="500-detail"),
-    pytest.param(502, b"<html>Bad gateway</html>", "Bad gateway", id="502-html"),
+    pytest.param(502, b"<html><body><h1>502 Bad gateway</h1>nginx</body></html>", "(HTTP 502 Bad Gateway).",
+                 id="502-html"),
+    pytest.param(502, b"<!DOCTYPE html>\n<html><body>" + b"x" * 5000 + b"</body></html>", "(HTTP 502 Bad Gateway).",
+                 id="502-long-html"),
+    pytest.param(502, b"Traceback (most recent call last):\n  File ...\nKeyError: 'x'", "(HTTP 502 Bad Gateway).",
+                 id="502-trace"),
     pytest.param(503, raw({"error": {"message": "Overloaded", "type": "server_error"}}), "Overloaded",
                  id="503-error-object"),
     pytest.param(504, b"", "HTTP 504", id="504-empty"),
@@ -172,6 +177,8 @@ def test_upstream_failures_are_502_never_500(status, body, fragment):
     assert isinstance(error, UpstreamError)
     assert (error.status, error.type, error.code) == (502, "upstream_error", "upstream_error")
     assert f"HTTP {status}" in error.message and fragment in error.message
+    # A page or a trace from whatever answered is never quoted to the client.
+    assert "<" not in error.message and "nginx" not in error.message and "Traceback" not in error.message
     check_envelope(error)
 
 
@@ -248,7 +255,7 @@ def test_request_refused_by_upstream_keeps_status_message_and_param(status, body
 
 def test_request_refused_without_a_message():
     envelope = check_envelope(error_for_status(400, b"", 60))
-    assert envelope["message"] == "The upstream rejected the request (HTTP 400)."
+    assert envelope["message"] == "The upstream rejected the request (HTTP 400 Bad Request)."
 
 
 def test_read_error_body_is_bounded(upstream_client, mocked):

@@ -2,6 +2,7 @@
 
 import os
 import time
+from http import HTTPStatus
 
 import orjson
 import requests
@@ -155,8 +156,18 @@ def read_error_body(response):
         response.close()
 
 
+# An upstream message longer than this is cut: it is quoted inside the client's error.
+MESSAGE_LIMIT = 500
+# A body that is not JSON is quoted only as a short line of plain text.
+PLAIN_TEXT_LIMIT = 200
+
+
 def upstream_error_fields(raw):
-    """(message, type, code, param, error dict) from an upstream error body of any known shape."""
+    """(message, error dict) from an upstream error body of any known shape.
+
+    A JSON error's message is quoted; so is a short line of plain text. Anything else (a
+    proxy's HTML page, a stack trace) says nothing useful to the client and is never passed on.
+    """
     try:
         document = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError:
@@ -171,8 +182,20 @@ def upstream_error_fields(raw):
             error = document["detail"]
     message = error.get("message") if isinstance(error.get("message"), str) else None
     if message is None and raw and document is None:
-        message = raw[:500].decode("utf-8", "replace").strip() or None
+        text = raw[:PLAIN_TEXT_LIMIT + 1].decode("utf-8", "replace").strip()
+        if len(text) <= PLAIN_TEXT_LIMIT and "\n" not in text and "<" not in text and text.isprintable():
+            message = text
+    if message is not None:
+        message = " ".join(message.split())[:MESSAGE_LIMIT] or None
     return message, error
+
+
+def status_text(status):
+    """``HTTP 502 Bad Gateway``: the status and its standard reason."""
+    try:
+        return f"HTTP {status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"HTTP {status}"
 
 
 def error_for_status(status, raw, default_cooldown):
@@ -188,13 +211,13 @@ def error_for_status(status, raw, default_cooldown):
         return UsageLimitReached(message or "The usage limit has been reached.", resets_at=resets_at,
                                  resets_in_seconds=resets_in, plan_type=error.get("plan_type"))
     if status in (401, 403):
-        return UpstreamError(f"The upstream refused the account's credentials (HTTP {status}).")
+        return UpstreamError(f"The upstream refused the account's credentials ({status_text(status)}).")
     if status >= 500 or status < 400:
-        detail = f": {message}" if message else ""
-        return UpstreamError(f"The upstream failed (HTTP {status}){detail}")
+        detail = f": {message}" if message else "."
+        return UpstreamError(f"The upstream failed ({status_text(status)}){detail}")
     code = error.get("code") if isinstance(error.get("code"), str) else "upstream_rejected"
     param = error.get("param") if isinstance(error.get("param"), str) else None
-    return ApiError(message or f"The upstream rejected the request (HTTP {status}).",
+    return ApiError(message or f"The upstream rejected the request ({status_text(status)}).",
                     status=status, code=code, param=param,
                     type=error.get("type") if isinstance(error.get("type"), str) else InvalidRequest.type)
 

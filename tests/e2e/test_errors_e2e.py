@@ -101,6 +101,21 @@ def test_upstream_500_is_a_502(gateway, upstream, account, streaming):
 
 
 @STREAMING
+def test_an_upstream_html_error_page_is_never_quoted(gateway, upstream, account, streaming):
+    """A proxy in front of the upstream answers 502 with its HTML page: the client hears what
+    happened, in one line, without the markup."""
+    page = "<html><head><title>502 Bad Gateway</title></head><body><center>nginx</center></body></html>"
+    for _ in range(3):
+        upstream.push({"status": 502, "page": page}, account=account)
+    reply = send(gateway, streaming)
+    assert reply.status_code == 502, reply.text
+    error = error_of(reply)
+    assert error["code"] == "upstream_error"
+    assert "HTTP 502 Bad Gateway" in error["message"]
+    assert "<" not in error["message"] and "nginx" not in error["message"]
+
+
+@STREAMING
 def test_upstream_400_passes_its_message_on(gateway, upstream, account, streaming):
     upstream.push({"status": 400, "body": {"detail": "Unsupported parameter: x"}}, account=account)
     reply = send(gateway, streaming, {**BODY, "x": 1})
