@@ -43,7 +43,14 @@ def create_app(config=None):
     register_error_handlers(app)
     register_blueprints(app)
     register_cli(app)
+    install_client_guard(app)
     return app
+
+
+def install_client_guard(app):
+    from .server import ClientGuard
+
+    app.wsgi_app = ClientGuard(app.wsgi_app)
 
 
 def configure_logging(app):
