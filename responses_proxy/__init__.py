@@ -50,7 +50,7 @@ def create_app(config=None):
 def install_client_guard(app):
     from .server import ClientGuard
 
-    app.wsgi_app = ClientGuard(app.wsgi_app)
+    app.wsgi_app = ClientGuard(app.wsgi_app, app.config["CLIENT_TIMEOUT"])
 
 
 def configure_logging(app):

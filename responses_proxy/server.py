@@ -1,21 +1,27 @@
 """The client connection under gunicorn: what WSGI cannot say, and every use of gunicorn's internals.
 
-gunicorn (27, gevent workers) drops an application's ``Connection: close`` and reads whatever
+gunicorn (27, gevent workers) drops an application's ``Connection: close``, reads whatever
 request body an answer left unread before it reads the next request on a keep-alive
-connection. gevent's ``recv`` does not yield while data keeps arriving, so a client sending an
-endless body after its 401 holds the whole worker.
+connection, and writes to its client sockets with no timeout. gevent's ``recv`` does not yield
+while data keeps arriving, so a client sending an endless body after its 401 holds the whole
+worker; a client that stops reading holds its upstream request, its account's in-flight slot
+and its conversation turn for good.
 
 ``ClientGuard`` wraps the WSGI app (``create_app`` installs it) and, under gunicorn's HTTP/1
 handler, gives each request a ``Client`` (``environ[CLIENT]``):
 
-an answer that leaves more than ``SMALL_BODY_BYTES`` of the body unread (or an unknown amount
-of a chunked one) closes the connection, ``Connection: close`` included, after a bounded
-lingering close: the client gets to read the answer, the worker is never held.
+- an answer that leaves more than ``SMALL_BODY_BYTES`` of the body unread (or an unknown
+  amount of a chunked one) closes the connection, ``Connection: close`` included, after a
+  bounded lingering close: the client gets to read the answer, the worker is never held;
+- every read and write on the client socket times out after the client timeout; a write that
+  times out ends the request as a broken pipe does (``ClientTimedOut``), and
+  ``Client.timed_out`` tells the stream's usage row why its client went away.
 
 Under any other server (Flask's test client, an HTTP/2 stream sharing its socket) requests pass
 through untouched. tests/test_server.py runs gunicorn's own handler to check what this relies on.
 """
 
+import errno
 import socket
 import time
 
@@ -32,11 +38,17 @@ LINGER_BYTES = 8 * 1024 * 1024
 LINGER_READ = 64 * 1024
 
 
+class ClientTimedOut(BrokenPipeError):
+    """The client accepted no data for the client timeout. A broken pipe to gunicorn, which
+    then ends the connection quietly, as for a client that went away."""
+
+
 class ClientGuard:
     """WSGI middleware: a ``Client`` for every request gunicorn's HTTP/1 handler serves."""
 
-    def __init__(self, app):
+    def __init__(self, app, timeout):
         self.app = app
+        self.timeout = timeout or None  # 0: never (a socket timeout of 0 would mean non-blocking)
 
     def __call__(self, environ, start_response):
         # gunicorn passes its Response's bound start_response; HTTP/2 uses a subclass whose
@@ -44,7 +56,7 @@ class ClientGuard:
         response = getattr(start_response, "__self__", None)
         if type(response) is not Response:
             return self.app(environ, start_response)
-        client = Client(environ, response)
+        client = Client(environ, response, self.timeout)
         environ[CLIENT] = client
         try:
             body = self.app(environ, client.start_response)
@@ -55,12 +67,17 @@ class ClientGuard:
 
 
 class Client:
-    """One request's client connection."""
+    """One request's client connection: its socket, with a timeout on every read and write."""
 
-    def __init__(self, environ, response):
+    def __init__(self, environ, response, timeout):
         self.socket = environ["gunicorn.socket"]
+        self.timed_out = False
         self._response = response
         self._linger = False
+        self._restore = self.socket.gettimeout()
+        self.socket.settimeout(timeout)
+        # gunicorn writes the whole answer (headers, chunks) with ``response.sock.sendall``.
+        response.sock = self
         self._input = None
         length = environ.get("CONTENT_LENGTH")
         declared = int(length) if length else None  # gunicorn has checked that it is a number
@@ -74,11 +91,21 @@ class Client:
             self._linger = True
         return self._response.start_response(status, headers, exc_info)
 
+    def sendall(self, data):
+        try:
+            self.socket.sendall(data)
+        except TimeoutError:
+            self.timed_out = True
+            raise ClientTimedOut(errno.EPIPE, "the client stopped reading") from None
+
     def finish(self):
         """After the answer: gunicorn calls the body's ``close()`` once it has written the
         answer (or failed to), and closes the connection after it when it must."""
-        if self._linger:
-            self._lingering_close()
+        try:
+            if self._linger and not self.timed_out:
+                self._lingering_close()
+        finally:
+            self.socket.settimeout(self._restore)
 
     def _lingering_close(self):
         """Closing a socket with unread data resets the connection, and a reset can destroy

@@ -1,15 +1,18 @@
 """server.py against gunicorn's own HTTP/1 handler (its gevent worker), in-process.
 
 The guard relies on gunicorn's internals: the bound ``Response.start_response`` it passes as
-``start_response``, ``Response.force_close()``, ``environ["gunicorn.socket"]``, and the body's
-``close()`` called after the answer is written. Each test drives the real handler over a real
-TCP connection, so a gunicorn upgrade that changes any of them fails here, loudly.
+``start_response``, ``Response.force_close()``, the answer written through
+``Response.sock.sendall``, ``environ["gunicorn.socket"]`` being the socket its body reads use,
+the body's ``close()`` called after the answer is written, and a broken pipe ending a connection
+quietly. Each test drives the real handler over a real TCP connection, so a gunicorn upgrade
+that changes any of them fails here, loudly.
 """
 
 import io
 import os
 import socket
 import threading
+import time
 
 import gevent
 from gevent import socket as gevent_socket
@@ -19,6 +22,7 @@ from gunicorn.workers.ggevent import GeventWorker
 
 from responses_proxy.server import CLIENT, SMALL_BODY_BYTES, ClientGuard
 
+TIMEOUT = 0.5
 BODY = b'{"error": {"message": "no"}}'
 
 
@@ -55,7 +59,7 @@ def serve(app, client, keepalive=2):
     cfg.set("keepalive", keepalive)
     log = Log()
     worker = GeventWorker(0, os.getpid(), [], None, 30, cfg, log)
-    worker.wsgi = ClientGuard(app)
+    worker.wsgi = ClientGuard(app, TIMEOUT)
     listener = gevent_socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -174,7 +178,7 @@ def test_a_chunked_body_left_unread_closes_the_connection():
     assert b"\r\nConnection: close\r\n" in reply.partition(b"\r\n\r\n")[0]
 
 
-def test_bodies_read_to_the_end_or_small_keep_the_connection_open():
+def test_bodies_read_to_the_end_or_small_keep_the_connection_open_past_the_client_timeout():
     requests = [
         post_head(SMALL_BODY_BYTES) + b"x" * SMALL_BODY_BYTES,  # small, never read: gunicorn reads it
         post_head(chunked=True) + chunk(b"x" * 1000) + chunk(b"y" * 1000) + b"0\r\n\r\n",  # read to its end
@@ -191,6 +195,8 @@ def test_bodies_read_to_the_end_or_small_keep_the_connection_open():
             for request in requests:
                 sock.sendall(request)
                 answers.append(read_answer(sock))
+                # Idle for longer than the client timeout: only gunicorn's keep-alive (2 s) counts.
+                time.sleep(TIMEOUT * 2)
         return answers
 
     answers, log = serve(app, client)
@@ -203,6 +209,59 @@ def test_bodies_read_to_the_end_or_small_keep_the_connection_open():
     assert log.worse_than_debug() == []
 
 
+def test_a_client_that_stops_reading_is_cut_off_quietly():
+    ended = []
+
+    def app(environ, start_response):
+        client = environ[CLIENT]
+        assert client.socket is environ["gunicorn.socket"]
+        start_response("200 OK", [("Content-Type", "text/event-stream")])
+
+        def events():
+            try:
+                while True:
+                    yield b"x" * 65536
+            finally:
+                ended.append(client.timed_out)
+
+        return events()
+
+    def client(address):
+        with connect(address, receive_buffer=4096) as sock:
+            sock.sendall(b"GET /stream HTTP/1.1\r\nHost: gateway\r\n\r\n")
+            deadline = time.monotonic() + 10
+            while not ended and time.monotonic() < deadline:  # never reads
+                time.sleep(0.05)
+
+    _, log = serve(app, client)
+
+    assert ended == [True], "the answer's close() did not run, or the write did not time out"
+    # A broken pipe to gunicorn: no traceback, no error, only its debug line.
+    assert log.worse_than_debug() == []
+    assert ("debug", "Ignoring EPIPE") in log.records, log.records
+
+
+def test_a_client_that_stops_sending_its_body_times_out():
+    def app(environ, start_response):
+        try:
+            environ["wsgi.input"].read(1000)
+        except TimeoutError:
+            start_response("408 Request Timeout", [("Content-Length", "0")])
+            return [b""]
+        start_response("200 OK", [("Content-Length", "0")])
+        return [b""]
+
+    def client(address):
+        with connect(address) as sock:
+            sock.sendall(post_head(1000) + b"x" * 10)
+            return read_to_end(sock)
+
+    reply, log = serve(app, client)
+
+    assert reply.startswith(b"HTTP/1.1 408"), reply
+    assert log.worse_than_debug() == []
+
+
 def test_other_servers_get_the_app_untouched():
     seen = []
 
@@ -210,7 +269,7 @@ def test_other_servers_get_the_app_untouched():
         seen.append((start_response, environ.get(CLIENT)))
         return [b"ok"]
 
-    guard = ClientGuard(app)
+    guard = ClientGuard(app, TIMEOUT)
 
     def start_response(status, headers, exc_info=None):
         return None
