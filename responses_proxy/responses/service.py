@@ -67,8 +67,10 @@ class ResponsesService:
             raise InvalidRequest(f"The model '{model}' does not exist. Check the available models at /v1/models.",
                                  param="model", code="model_not_found")
 
-    def create(self, key, body, record, client_socket=None, client_headers=None):
+    def create(self, key, body, record, client=None, client_headers=None):
         """Serve a validated body: (response dict or SSE iterable, extra headers).
+
+        ``client`` is the request's ``server.Client`` (None when not served by gunicorn).
 
         The usage row and the conversation turn are settled when the answer ends, however
         it ends: at once for errors and JSON answers, when the stream closes for SSE.
@@ -100,7 +102,7 @@ class ResponsesService:
         tracker = relay.Tracker(collect_items=turn is not None or not body.get("stream"),
                                 strip_encrypted=strip_encrypted)
         if body.get("stream"):
-            return self.stream(response, record, client_socket, tracker, turn, new_items), headers
+            return self.stream(response, record, client, tracker, turn, new_items), headers
         return self.complete(response, record, tracker, turn, new_items), headers
 
     def open_upstream(self, body, affinity, headers, record):
@@ -184,15 +186,17 @@ class ResponsesService:
         record.decide("refresh", account=account.id, reason=reason)
         return fresh, None
 
-    def stream(self, response, record, client_socket, tracker, turn, new_items):
+    def stream(self, response, record, client, tracker, turn, new_items):
         def finish(sse):
             if sse.client_gone and tracker.terminal_name is None:
-                record.finish(499, "client_closed", sse.ttfb)
+                record.finish(499, "client_timeout" if client is not None and client.timed_out else "client_closed",
+                              sse.ttfb)
             else:
                 record.finish(200, tracker.error_code(), sse.ttfb, tracker.final_response())
             settle(turn, tracker, new_items)
 
-        sse = relay.SSERelay(response, self.keepalive, self.read_timeout, finish, client_socket, record.started,
+        sse = relay.SSERelay(response, self.keepalive, self.read_timeout, finish,
+                             client.socket if client is not None else None, record.started,
                              tracker, turn.keep_alive if turn is not None else None)
         try:
             first = sse.first(self.keepalive)

@@ -4,6 +4,7 @@ from ..auth import require_api_key
 from ..errors import ApiError
 from ..relay import SSE_HEADERS
 from ..requestbody import read_json_body
+from ..server import CLIENT
 from .schemas import validate_request
 from .service import RequestRecord
 
@@ -22,8 +23,7 @@ def create_response():
         raise
     record.row["model"] = body["model"]
     record.row["stream"] = bool(body.get("stream"))
-    result, headers = service.create(g.api_key, body, record, request.environ.get("gunicorn.socket"),
-                                     request.headers)
+    result, headers = service.create(g.api_key, body, record, request.environ.get(CLIENT), request.headers)
     if isinstance(result, dict):
         response = jsonify(result)
         response.headers.update(headers)
