@@ -16,6 +16,7 @@ def create_app(config=None):
     app.extensions[EXTENSION] = Services(settings)
     register_error_handlers(app)
     register_domains(app)
+    install_client_guard(app)
     return app
 
 
@@ -25,6 +26,12 @@ def configure_settings(app, overrides):
     # debug pages read; the services keep the full settings.
     app.config.update({name: value for name, value in settings.items() if name != "ENCRYPTION_KEY"})
     return settings
+
+
+def install_client_guard(app):
+    from .server import ClientGuard
+
+    app.wsgi_app = ClientGuard(app.wsgi_app, app.config["CLIENT_TIMEOUT"])
 
 
 def configure_logging(app):

@@ -59,6 +59,9 @@ SETTINGS = (
             "before the request fails."),
     Setting("KEEPALIVE_SECONDS", _positive(float), 15.0,
             "A streaming client gets a ': keepalive' comment after this many silent seconds."),
+    Setting("CLIENT_TIMEOUT", _positive(float), 60.0,
+            "Seconds a client may take to accept a write of the answer or to send the next part of its "
+            "request body; a client that stops reading is cut off and its upstream request closed (0: never)."),
     Setting("MAX_BODY_BYTES", _positive(int), 64 * 1024 * 1024, "Largest accepted request body (413 above it)."),
     Setting("MODELS_CACHE_SECONDS", _positive(float), 300.0, "How long each worker keeps the upstream model catalog."),
     Setting("DEFAULT_COOLDOWN_SECONDS", _positive(float), 60.0,

@@ -6,7 +6,6 @@ Deltas pass through as bytes. Only the events the gateway needs (created, the te
 
 import logging
 import secrets
-import socket
 import time
 
 import orjson
@@ -47,32 +46,6 @@ class ClientGone(Exception):
     """The client closed its connection before its answer ended."""
 
 
-class ClientConnection:
-    """What the relay watches of a client: readable means it left (or sent its next request).
-
-    Built by the web layer from the server's socket; the relay never reads from it.
-    """
-
-    __slots__ = ("_sock",)
-
-    def __init__(self, sock):
-        self._sock = sock
-
-    @classmethod
-    def of(cls, sock):
-        return cls(sock) if sock is not None else None
-
-    def fileno(self):
-        return self._sock.fileno()
-
-    def gone(self):
-        """Peek: end of stream or an error means the client left; bytes are its next request."""
-        try:
-            return self._sock.recv(1, socket.MSG_PEEK) == b""
-        except OSError:
-            return True
-
-
 class EventSource:
     """Upstream events as they arrive, read on the caller's greenlet.
 
@@ -83,13 +56,15 @@ class EventSource:
     """
 
     def __init__(self, response, read_timeout, client=None):
+        """``client``: what to watch of the client (``fileno()``, and ``gone()`` once it turned
+        readable), or None."""
         self.body = UpstreamBody(response)
         self._parser = SSEParser()
         self._read_timeout = read_timeout
         self._last_data = time.monotonic()
         self._hub = get_hub()
         self._upstream_watcher = self._hub.loop.io(self.body.fileno(), 1)
-        self._client = client
+        self.client = self._client = client
         self._client_watcher = None
         if client is not None:
             try:
@@ -403,7 +378,8 @@ class SSERelay:
             self._source.close()
         finally:
             if self.client_gone and self.tracker.terminal_name is None:
-                self.exchange.finish(CLIENT_CLOSED, "client_closed", self.ttfb)
+                timed_out = getattr(self._source.client, "timed_out", False)
+                self.exchange.finish(CLIENT_CLOSED, "client_timeout" if timed_out else "client_closed", self.ttfb)
             else:
                 self.exchange.finish(200, self.tracker.error_code(), self.ttfb,
                                      usage_of(self.tracker.final_response()))

@@ -3,7 +3,7 @@
 import orjson
 from flask import request
 
-from .errors import InvalidRequest, PayloadTooLarge
+from .errors import InvalidRequest, PayloadTooLarge, RequestTimeout
 
 
 def read_json_body(limit):
@@ -15,7 +15,10 @@ def read_json_body(limit):
         raise too_large(limit)
     # One byte past what is accepted, to see a body without Content-Length that is too long;
     # no more than that: the stream allocates a buffer of the size asked for (64 MiB by default).
-    raw = request.stream.read((limit if length is None else length) + 1)
+    try:
+        raw = request.stream.read((limit if length is None else length) + 1)
+    except TimeoutError:  # the client timeout on the socket (server.py): the client stopped sending
+        raise RequestTimeout("The request body stopped arriving before it was complete.") from None
     if len(raw) > limit:
         raise too_large(limit)
     if not raw.strip():
@@ -28,4 +31,5 @@ def read_json_body(limit):
 
 def too_large(limit):
     # The rest of the body is never read: the connection must not be reused for another request.
+    # (gunicorn drops this header; server.py closes the connection when much of the body is left.)
     return PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes.", headers={"Connection": "close"})

@@ -489,6 +489,26 @@ def test_body_exactly_at_the_limit_is_accepted(small_app, upstream):
     assert len(upstream.response_requests()) == 1
 
 
+class StalledBody:
+    """A request body whose client stopped sending: the server's socket timeout fires."""
+
+    def read(self, size=-1):
+        raise TimeoutError("timed out")
+
+
+def test_body_that_stops_arriving_is_408(small_app, upstream):
+    reply = small_app.test_client().post(URL, content_type="application/json",
+                                         headers={"Authorization": f"Bearer {small_app.key}"},
+                                         environ_overrides={"wsgi.input": StalledBody(),
+                                                            "wsgi.input_terminated": True})
+
+    assert reply.status_code == 408, reply.get_data(as_text=True)
+    error = error_of(reply)
+    assert (error["type"], error["code"], error["param"]) == (INVALID, "request_timeout", None)
+    assert error["message"] == "The request body stopped arriving before it was complete."
+    assert upstream.response_requests() == []
+
+
 def test_oversized_body_without_key_is_401_not_413(small_app, upstream):
     reply = small_app.test_client().post(URL, data=sized_body(LIMIT * 2), content_type="application/json")
     assert reply.status_code == 401

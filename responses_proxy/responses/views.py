@@ -1,8 +1,9 @@
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from ..auth import require_api_key
-from ..relay import SSE_HEADERS, ClientConnection, ClientGone
+from ..relay import SSE_HEADERS, ClientGone
 from ..requestbody import read_json_body
+from ..server import CLIENT
 from ..services import services
 from .exchange import Exchange
 from .schemas import validate_request
@@ -18,8 +19,7 @@ def create_response():
     try:
         body = validate_request(read_json_body(current_app.config["MAX_BODY_BYTES"]))
         exchange.describe(body)
-        result, headers = shared.responses.create(exchange, g.api_key, body,
-                                                    ClientConnection.of(request.environ.get("gunicorn.socket")),
+        result, headers = shared.responses.create(exchange, g.api_key, body, request.environ.get(CLIENT),
                                                     request.headers)
     except ClientGone as exc:
         exchange.fail(exc)
