@@ -44,7 +44,7 @@ loglevel = env("LOG_LEVEL", "info").lower()
 proc_name = "responses-proxy"
 # gunicornc's control socket lives beside the data, so several instances on one host never collide.
 _data_dir = os.path.abspath(env("DATA_DIR", "./var"))
-os.makedirs(_data_dir, exist_ok=True)
+os.makedirs(_data_dir, mode=0o700, exist_ok=True)  # conversations and tokens live there
 control_socket = os.path.join(_data_dir, "gunicorn.ctl")
 # Each stream needs two descriptors (client and upstream); raise the soft limit to the hard one.
 _soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)

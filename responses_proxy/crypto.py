@@ -43,7 +43,7 @@ def load_or_create_key(data_dir: str) -> bytes:
     The new key is written to a private temporary file and hard-linked into place, so a
     concurrent reader never sees a half-written key and two creators never both win.
     """
-    os.makedirs(data_dir, exist_ok=True)
+    os.makedirs(data_dir, mode=0o700, exist_ok=True)
     path = os.path.join(data_dir, KEY_FILE)
     if not os.path.exists(path):
         tmp = f"{path}.{os.getpid()}.tmp"

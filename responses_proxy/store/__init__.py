@@ -25,7 +25,11 @@ def make_engine(url):
 
 def _sqlite_engine(url, parsed):
     if parsed.database and parsed.database != ":memory:":
-        os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
+        # Conversations are stored in plain text: the directory and the database are for the
+        # gateway's user alone, whatever the umask (SQLite gives the WAL the database's mode).
+        path = os.path.abspath(parsed.database)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
     # The driver does not begin transactions itself (isolation_level None) and never sleeps in C
     # on a lock (timeout 0): SQLite's busy handler would block the worker's whole event loop.
     # Transactions begin below; a lock wait is a retry loop with time.sleep, which gevent makes

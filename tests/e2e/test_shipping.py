@@ -29,6 +29,7 @@ from tests.fake_upstream import auth_json
 README = os.path.join(ROOT, "README.md")
 CACHE = os.path.join(ROOT, ".cache", "shipping")
 README_PORT = "127.0.0.1:8000"
+UMASK = "umask 022\n"  # the usual one: files it creates are world-readable unless asked otherwise
 
 
 def quick_start_commands():
@@ -128,8 +129,8 @@ class Newcomer:
 
     def shell(self, command, timeout=60):
         command = command.replace(README_PORT, self.address)
-        return subprocess.run(["bash", "-c", command], cwd=self.clone, env=self.env, capture_output=True, text=True,
-                              timeout=timeout)
+        return subprocess.run(["bash", "-c", UMASK + command], cwd=self.clone, env=self.env, capture_output=True,
+                              text=True, timeout=timeout)
 
     def ok(self, command):
         result = self.shell(command)
@@ -146,8 +147,9 @@ class Newcomer:
 
     def serve(self):
         self.log = open(self.clone / "serve.log", "wb")  # noqa: SIM115  (closed in stop())
-        self.server = subprocess.Popen(["bash", "-c", "exec " + self.readme["serve"]], cwd=self.clone, env=self.env,
-                                       stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+        self.server = subprocess.Popen(["bash", "-c", UMASK + "exec " + self.readme["serve"]], cwd=self.clone,
+                                       env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+                                       preexec_fn=die_with_parent)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             assert self.server.poll() is None, f"the serve command exited: {self.output()}"
@@ -222,6 +224,14 @@ def test_account_and_key_before_the_first_start(newcomer):
         time.sleep(0.3)
     assert [(row["chatgpt_account_id"], row["state"]) for row in listed] == [("acct-fake-1", "active")]
     assert listed[0]["last_day"]["requests"] == 2
+    # Conversations and tokens are stored there: nobody but the gateway's user may read them,
+    # whatever the umask (a newcomer's is usually 022).
+    data = newcomer.clone / "var"
+    modes = {path.name: oct(path.stat().st_mode & 0o777) for path in [data, *data.iterdir()]
+             if not path.name.endswith(".ctl")}
+    assert modes["var"] == "0o700", modes
+    for name in ("responses-proxy.db", "responses-proxy.db-wal", "secret.key"):
+        assert modes[name] == "0o600", modes
 
 
 def test_account_and_key_after_the_first_start(newcomer):
