@@ -293,12 +293,11 @@ class SSERelay:
     exchange is finished exactly once when the relay ends, however it ends.
     """
 
-    def __init__(self, source, tracker, exchange, keepalive, on_final=None, on_progress=None):
+    def __init__(self, source, tracker, exchange, keepalive, on_final=None):
         self.keepalive = keepalive or None
         self.tracker = tracker
         self.exchange = exchange
         self.on_final = on_final
-        self.on_progress = on_progress
         self.ttfb = None
         self.client_gone = False
         self._source = source
@@ -338,8 +337,6 @@ class SSERelay:
                 out = KEEPALIVE if events is None else frame(self._outgoing(events))
                 if self.ttfb is None:
                     self.ttfb = time.perf_counter() - self.exchange.started
-                if self.on_progress is not None:
-                    self.on_progress()
                 yield out
                 if self.tracker.terminal_name is not None:
                     return
@@ -385,7 +382,7 @@ class SSERelay:
                                      usage_of(self.tracker.final_response()))
 
 
-def fold(source, tracker, on_final=None, on_progress=None):
+def fold(source, tracker, on_final=None):
     """Read a whole upstream stream and return the response object.
 
     The object comes from the final event; if its ``output`` is empty it is rebuilt from the
@@ -395,8 +392,6 @@ def fold(source, tracker, on_final=None, on_progress=None):
     try:
         while tracker.terminal_name is None:
             tracker.observe(source.next(None))
-            if on_progress is not None:
-                on_progress()
         source.drain()
     except StreamFailed as exc:
         raise UpstreamError(str(exc)) from None

@@ -188,6 +188,12 @@ class Gateway:
                 self.process.kill()
                 self.process.wait()
 
+    def worker_pids(self):
+        """The pids of gunicorn's workers (the master's children)."""
+        pid = self.process.pid
+        with open(f"/proc/{pid}/task/{pid}/children") as handle:
+            return sorted(int(child) for child in handle.read().split())
+
     def log(self, tail=5000):
         """gunicorn's output (its last ``tail`` characters; None: all of it)."""
         with open(self.log_path, "rb") as handle:

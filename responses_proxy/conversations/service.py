@@ -1,7 +1,10 @@
 """Conversations without Flask: ownership, turns, the item budget, the Conversations API."""
 
+import logging
+import os
 import re
 import secrets
+import threading
 import time
 
 import orjson
@@ -9,10 +12,14 @@ import orjson
 from ..errors import Conflict, NotFound
 from ..store import conversations as store
 
+log = logging.getLogger(__name__)
+
 CONVERSATION_ID = re.compile(r"^conv_[A-Za-z0-9_-]{1,95}$")
-# A turn holds the conversation for this long without a sign of life; a streaming turn
-# renews it as it goes, so a crashed worker blocks the conversation for no longer than this.
-TURN_LEASE_SECONDS = 120.0
+# A turn holds its conversation for CONVERSATION_TURN_LEASE_SECONDS without a sign of life.
+# Every process renews the leases of its open turns a few times per lease, however quiet the
+# upstream is, so a process that died (or a host that went away) blocks its conversations for
+# no longer than that. Adding items through the API holds the lease only for one transaction.
+ITEMS_LEASE_SECONDS = 30.0
 # Items that answer a call from an earlier item: never sent without that call.
 CALL_OUTPUT_TYPES = frozenset(("function_call_output", "custom_tool_call_output", "local_shell_call_output",
                                "computer_call_output", "mcp_approval_response", "tool_search_output"))
@@ -61,21 +68,16 @@ class Turn:
     when the client did not ask for it, ``redact`` takes it out of what the client sees.
     """
 
-    def __init__(self, engine, conversation_id, owner, upstream, new_items, dropped, redact):
-        self.engine = engine
+    def __init__(self, leases, conversation_id, owner, upstream, new_items, dropped, redact):
+        self.engine = leases.engine
+        self._leases = leases
         self.conversation_id = conversation_id
         self.owner = owner
         self.upstream = upstream
         self.new_items = new_items
         self.dropped = dropped
         self.redact = redact
-        self._renewed = time.monotonic()
         self._done = False
-
-    def keep_alive(self):
-        if not self._done and time.monotonic() - self._renewed > TURN_LEASE_SECONDS / 4:
-            self._renewed = time.monotonic()
-            store.renew_turn(self.engine, self.conversation_id, self.owner, TURN_LEASE_SECONDS)
 
     def commit(self, output_items):
         """Append the turn's input and output in one transaction, releasing the lease. When that
@@ -83,6 +85,7 @@ class Turn:
         if self._done:
             return
         self._done = True
+        self._leases.forget(self.owner)
         try:
             store.append(self.engine, self.conversation_id, list(self.new_items) + list(output_items),
                          release_owner=self.owner)
@@ -94,7 +97,42 @@ class Turn:
         """The turn failed or was cut off: the conversation stays exactly as it was."""
         if not self._done:
             self._done = True
+            self._leases.forget(self.owner)
             store.release_turn(self.engine, self.conversation_id, self.owner)
+
+
+class TurnLeases:
+    """The turn leases this process holds, renewed together by one background loop."""
+
+    def __init__(self, engine, seconds):
+        self.engine = engine
+        self.seconds = seconds
+        self._held = {}  # owner -> conversation id
+        self._renewer = None
+        self._pid = None
+
+    def hold(self, owner, conversation_id):
+        self._held[owner] = conversation_id
+        if self._renewer is None or self._pid != os.getpid():
+            # Started on first use, in the process that serves (a thread is a greenlet there).
+            self._pid = os.getpid()
+            self._renewer = threading.Thread(target=self._renew_forever, name="turn-leases", daemon=True)
+            self._renewer.start()
+
+    def forget(self, owner):
+        self._held.pop(owner, None)
+
+    def renew(self):
+        if self._held:
+            store.renew_turns(self.engine, list(self._held), self.seconds)
+
+    def _renew_forever(self):
+        while True:
+            time.sleep(self.seconds / 3)
+            try:
+                self.renew()
+            except Exception:
+                log.exception("could not renew the leases of open conversation turns")
 
 
 def without_encrypted(value):
@@ -110,6 +148,7 @@ class ConversationService:
     def __init__(self, engine, config):
         self.engine = engine
         self.max_items = config["CONVERSATION_MAX_ITEMS"]
+        self.leases = TurnLeases(engine, config["CONVERSATION_TURN_LEASE_SECONDS"])
 
     def owned(self, key, conversation_id):
         row = store.get(self.engine, conversation_id) if CONVERSATION_ID.match(conversation_id) else None
@@ -127,14 +166,16 @@ class ConversationService:
         if row["key_id"] != key["id"]:
             raise not_found()
         owner = secrets.token_hex(8)
-        if not store.acquire_turn(self.engine, conversation_id, owner, TURN_LEASE_SECONDS):
+        if not store.acquire_turn(self.engine, conversation_id, owner, self.leases.seconds):
             raise Conflict("Another turn of this conversation is in progress; retry when it has finished.",
                            param="conversation", code="conversation_busy")
+        self.leases.hold(owner, conversation_id)
         new_items = upstream["input"]
         try:
             history, dropped = within_budget(store.load_items(self.engine, conversation_id),
                                              max(0, self.max_items - len(new_items)))
         except BaseException:
+            self.leases.forget(owner)
             store.release_turn(self.engine, conversation_id, owner)
             raise
         prepared = dict(upstream, input=history + new_items)
@@ -143,7 +184,7 @@ class ConversationService:
         if "reasoning.encrypted_content" not in include:
             prepared["include"] = include + ["reasoning.encrypted_content"]
             redact = without_encrypted
-        return Turn(self.engine, conversation_id, owner, prepared, new_items, dropped, redact)
+        return Turn(self.leases, conversation_id, owner, prepared, new_items, dropped, redact)
 
     # -- the Conversations API ------------------------------------------------------------
 
@@ -173,7 +214,7 @@ class ConversationService:
     def add_items(self, key, conversation_id, items):
         self.owned(key, conversation_id)
         owner = secrets.token_hex(8)
-        if not store.acquire_turn(self.engine, conversation_id, owner, TURN_LEASE_SECONDS):
+        if not store.acquire_turn(self.engine, conversation_id, owner, ITEMS_LEASE_SECONDS):
             raise Conflict("A turn of this conversation is in progress; add items when it has finished.",
                            param="conversation", code="conversation_busy")
         try:

@@ -48,10 +48,6 @@ class Exchange:
 
     # -- the conversation turn ----------------------------------------------------------------
 
-    def keep_turn_alive(self):
-        if self.turn is not None:
-            self.turn.keep_alive()
-
     def settle_turn(self, completed, output_items):
         """Keep what a finished answer added to the conversation; anything else adds nothing.
 

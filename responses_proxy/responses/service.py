@@ -192,7 +192,7 @@ class ResponsesService:
 
     def stream(self, exchange, response, tracker, client):
         source = self.events(response, client)
-        sse = relay.SSERelay(source, tracker, exchange, self.keepalive, settle(exchange), exchange.keep_turn_alive)
+        sse = relay.SSERelay(source, tracker, exchange, self.keepalive, settle(exchange))
         try:
             first = sse.first(self.keepalive)
         except relay.ClientGone as exc:
@@ -202,7 +202,7 @@ class ResponsesService:
 
     def complete(self, exchange, response, tracker, client):
         source = self.events(response, client)
-        result = relay.fold(source, tracker, settle(exchange, raising=True), exchange.keep_turn_alive)
+        result = relay.fold(source, tracker, settle(exchange, raising=True))
         if tracker.redact is not None:
             result = tracker.redact(result)
         exchange.finish(200, tracker.error_code(), time.perf_counter() - exchange.started, relay.usage_of(result))

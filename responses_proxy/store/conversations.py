@@ -64,11 +64,11 @@ def acquire_turn(engine, conversation_id, owner, lease):
                       conversations.c.busy_owner, owner, lease)
 
 
-def renew_turn(engine, conversation_id, owner, lease):
+def renew_turns(engine, owners, lease):
+    """Extend the turn leases held by ``owners`` (one statement for all of a process's turns)."""
     with write(engine) as conn:
-        conn.execute(update(conversations).where(
-            conversations.c.id == conversation_id, conversations.c.busy_owner == owner,
-        ).values(busy_until=time.time() + lease))
+        conn.execute(update(conversations).where(conversations.c.busy_owner.in_(owners)).values(
+            busy_until=time.time() + lease))
 
 
 def release_turn(engine, conversation_id, owner):

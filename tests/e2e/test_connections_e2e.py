@@ -35,12 +35,6 @@ def gateway(fake_upstream, tmp_path_factory):
     server.stop()
 
 
-def worker_pids(gateway):
-    pid = gateway.process.pid
-    with open(f"/proc/{pid}/task/{pid}/children") as handle:
-        return sorted(int(child) for child in handle.read().split())
-
-
 def healthy(gateway):
     """``/healthz`` answers (the bound only says "did not hang")."""
     return requests.get(gateway.url + "/healthz", timeout=3).status_code == 200
@@ -119,7 +113,7 @@ CHUNK = b"%x\r\n%s\r\n" % (len(PIECE), PIECE)
     (False, {"path": "/v1/nowhere"}, PIECE, 404, "not_found"),
 ], ids=["401-no-key", "413-declared", "413-chunked", "400-content-type", "404"])
 def test_a_body_flood_after_the_answer_never_holds_the_worker(e2e, keyed, request_head, piece, status, code):
-    workers = worker_pids(e2e)
+    workers = e2e.worker_pids()
     assert len(workers) == 1
     flood = Flood(e2e, head(key=e2e.key if keyed else None, **request_head), piece)
     try:
@@ -138,7 +132,7 @@ def test_a_body_flood_after_the_answer_never_holds_the_worker(e2e, keyed, reques
     assert headers["connection"] == "close"
     assert set(body) == {"error"} and body["error"]["code"] == code, body
     assert healthy(e2e)
-    assert worker_pids(e2e) == workers
+    assert e2e.worker_pids() == workers
 
 
 def local_port_of_requests_reply(reply):
