@@ -14,7 +14,7 @@ from gevent.hub import Waiter
 
 from .errors import UpstreamError
 from .upstream.body import BodyError, UpstreamBody
-from .upstream.sse import SSEParser
+from .upstream.sse import EventTooLarge, SSEParser
 
 CREATED = b"response.created"
 ITEM_ADDED = b"response.output_item.added"
@@ -33,7 +33,8 @@ _UPSTREAM, _CLIENT, _TIMER = "upstream", "client", "timer"
 
 
 class StreamFailed(Exception):
-    """The upstream stream broke (read error, silence, or it ended before a terminal event)."""
+    """The upstream stream broke (read error, silence, it ended before a terminal event, or it
+    sent what the gateway cannot relay)."""
 
 
 class ClientGone(Exception):
@@ -47,13 +48,16 @@ class EventSource:
     often holds many), waiting up to ``timeout`` for some; it returns ``None`` when the time
     is up, so the caller can send a keepalive. With a client socket, the wait also watches
     it, and a client that goes away raises ``ClientGone`` at once instead of at the next write.
+    A stream that breaks, or sends a line or an event over ``max_event_bytes``, raises
+    ``StreamFailed`` (after the events before the failure have been returned).
     """
 
-    def __init__(self, response, read_timeout, client_socket=None):
+    def __init__(self, response, read_timeout, client_socket=None, *, max_event_bytes):
         self.body = UpstreamBody(response)
-        self._parser = SSEParser()
+        self._parser = SSEParser(max_event_bytes)
         self._read_timeout = read_timeout
         self._last_data = time.monotonic()
+        self._failure = None  # why the stream failed, once the events before it are returned
         self._hub = get_hub()
         self._upstream_watcher = self._hub.loop.io(self.body.fileno(), 1)
         self._client_socket = client_socket
@@ -65,6 +69,8 @@ class EventSource:
                 self._client_socket = None
 
     def next(self, timeout):
+        if self._failure is not None:
+            raise StreamFailed(self._failure)
         deadline = time.monotonic() + timeout if timeout else None
         events = []
         size = 0
@@ -72,9 +78,7 @@ class EventSource:
             try:
                 data = self.body.read()
             except BodyError as exc:
-                if events:
-                    return events  # relay what arrived; the failure shows at the next read
-                raise StreamFailed(f"The upstream connection failed mid-stream: {exc}.") from None
+                return self._fail(events, f"The upstream connection failed mid-stream: {exc}.")
             if data is None:
                 if events:
                     return events
@@ -85,7 +89,10 @@ class EventSource:
                 continue
             if data:
                 self._last_data = time.monotonic()
-                batch = self._parser.feed(data)
+                try:
+                    batch = self._parser.feed(data)
+                except EventTooLarge as exc:
+                    return self._fail(events, f"The upstream sent an event too large to relay: {exc}.")
                 if batch:
                     events += batch
                     size += len(data)
@@ -95,6 +102,13 @@ class EventSource:
                 if events:
                     return events
                 raise StreamFailed("The upstream closed the stream before the response completed.")
+
+    def _fail(self, events, message):
+        """Fail now, or, when events were read before the failure, after they are relayed."""
+        if not events:
+            raise StreamFailed(message)
+        self._failure = message
+        return events
 
     def _wait(self, timeout):
         """Sleep until the upstream or the client socket is readable, or ``timeout`` passes."""
@@ -284,7 +298,7 @@ class SSERelay:
     """
 
     def __init__(self, response, keepalive, read_timeout, finish, client_socket=None, started=None,
-                 tracker=None, on_progress=None):
+                 tracker=None, on_progress=None, *, max_event_bytes):
         self.keepalive = keepalive or None
         self.tracker = tracker or Tracker()
         self.on_progress = on_progress
@@ -292,7 +306,7 @@ class SSERelay:
         self.ttfb = None
         self.started = time.perf_counter() if started is None else started
         self.client_gone = False
-        self._source = EventSource(response, read_timeout, client_socket)
+        self._source = EventSource(response, read_timeout, client_socket, max_event_bytes=max_event_bytes)
         self._generator = None
         self._ended = False
 
@@ -355,14 +369,14 @@ class SSERelay:
         self.finish(self)
 
 
-def fold(response, read_timeout, tracker=None, on_progress=None):
+def fold(response, read_timeout, tracker=None, on_progress=None, *, max_event_bytes):
     """Read a whole upstream stream and return (tracker, response object).
 
     The object comes from the terminal event; if its ``output`` is empty it is rebuilt from the
     ``response.output_item.done`` items, which the backend sends that way.
     """
     tracker = tracker or Tracker(collect_items=True)
-    source = EventSource(response, read_timeout)
+    source = EventSource(response, read_timeout, max_event_bytes=max_event_bytes)
     try:
         while tracker.terminal_name is None:
             tracker.observe(source.next(None))

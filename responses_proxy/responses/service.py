@@ -58,6 +58,7 @@ class ResponsesService:
         self.read_timeout = config["UPSTREAM_READ_TIMEOUT"]
         self.default_cooldown = config["DEFAULT_COOLDOWN_SECONDS"]
         self.max_attempts = config["MAX_ATTEMPTS"]
+        self.max_event_bytes = config["MAX_EVENT_BYTES"]
 
     def check_model(self, key, model):
         allowed = key["allowed_models"]
@@ -193,7 +194,8 @@ class ResponsesService:
             settle(turn, tracker, new_items)
 
         sse = relay.SSERelay(response, self.keepalive, self.read_timeout, finish, client_socket, record.started,
-                             tracker, turn.keep_alive if turn is not None else None)
+                             tracker, turn.keep_alive if turn is not None else None,
+                             max_event_bytes=self.max_event_bytes)
         try:
             first = sse.first(self.keepalive)
         except (ApiError, relay.ClientGone) as exc:
@@ -209,7 +211,8 @@ class ResponsesService:
     def complete(self, response, record, tracker, turn, new_items):
         try:
             tracker, result = relay.fold(response, self.read_timeout, tracker,
-                                         turn.keep_alive if turn is not None else None)
+                                         turn.keep_alive if turn is not None else None,
+                                         max_event_bytes=self.max_event_bytes)
         except ApiError as exc:
             if turn is not None:
                 turn.abort()
