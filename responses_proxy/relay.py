@@ -26,7 +26,8 @@ SSE_HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
 }
-# A network read that brings this much is relayed without waiting for more.
+# After this much read without a wait, the events so far are relayed and the event loop gets
+# a turn before reading on.
 BATCH_BYTES = 256 * 1024
 
 _UPSTREAM, _CLIENT, _TIMER = "upstream", "client", "timer"
@@ -57,6 +58,7 @@ class EventSource:
         self._parser = SSEParser(max_event_bytes)
         self._read_timeout = read_timeout
         self._last_data = time.monotonic()
+        self._processed_at_wait = 0  # ``body.processed`` when the event loop last had a turn
         self._failure = None  # why the stream failed, once the events before it are returned
         self._hub = get_hub()
         self._upstream_watcher = self._hub.loop.io(self.body.fileno(), 1)
@@ -73,8 +75,13 @@ class EventSource:
             raise StreamFailed(self._failure)
         deadline = time.monotonic() + timeout if timeout else None
         events = []
-        size = 0
         while True:
+            if self.body.processed - self._processed_at_wait >= BATCH_BYTES:
+                if events:
+                    return events
+                # gevent's recv returns at once while data is there: without a turn of the
+                # event loop now and then, a fast upstream would stall every other greenlet.
+                self._wait(0)
             try:
                 data = self.body.read()
             except BodyError as exc:
@@ -93,11 +100,7 @@ class EventSource:
                     batch = self._parser.feed(data)
                 except EventTooLarge as exc:
                     return self._fail(events, f"The upstream sent an event too large to relay: {exc}.")
-                if batch:
-                    events += batch
-                    size += len(data)
-                    if size >= BATCH_BYTES:
-                        return events
+                events += batch
             if self.body.done:
                 if events:
                     return events
@@ -117,6 +120,7 @@ class EventSource:
         if limit <= 0:
             raise StreamFailed(f"The upstream sent nothing for {self._read_timeout:g} seconds.")
         timeout = limit if timeout is None else min(timeout, limit)
+        self._processed_at_wait = self.body.processed
         waiter = Waiter(self._hub)
         timer = self._hub.loop.timer(timeout)
         self._upstream_watcher.start(waiter.switch, _UPSTREAM)
@@ -147,9 +151,11 @@ class EventSource:
 
     def drain(self):
         """After the terminal event: take the end of the body if it already arrived, so the
-        connection can serve another request (else it is closed). Never waits."""
+        connection can serve another request (else it is closed). Never waits, and gives up
+        after a batch: what comes after a terminal event is a few bytes, not a stream."""
+        limit = self.body.processed + BATCH_BYTES
         try:
-            while self.body.read():
+            while self.body.processed < limit and self.body.read():
                 pass
         except BodyError:
             pass

@@ -125,7 +125,9 @@ class UpstreamBody:
 
     ``read()`` returns the decoded bytes available now, ``None`` when the socket has nothing
     yet (wait on ``fileno()``), and ``b""`` once the body is complete (``done``). It raises
-    ``BodyError`` when the connection breaks or closes early.
+    ``BodyError`` when the connection breaks or closes early. ``processed`` counts the bytes
+    taken from the socket and those inflated from them: the work the reads did, whatever
+    they returned (framing or compression can make that much more, or less, than the body).
     """
 
     def __init__(self, response):
@@ -138,6 +140,7 @@ class UpstreamBody:
         self._decoder = decoder_for(response.headers)
         self._inflater = inflater_for(response.headers)
         self.done = self._decoder.done
+        self.processed = 0
         self._sock.settimeout(0.0)
         # Whatever http.client buffered beyond the headers comes first.
         self._pending = self._buffered(raw._fp.fp)
@@ -172,9 +175,11 @@ class UpstreamBody:
                     self.done = True
                     return self._flush()
                 raise BodyError("the upstream closed the connection before the end of the body")
+        self.processed += len(data)
         decoded = self._decoder.feed(data)
         if self._inflater is not None and decoded:
             decoded = self._inflater.decompress(decoded)
+            self.processed += len(decoded)
         if self._decoder.done:
             self.done = True
             decoded += self._flush()

@@ -1,9 +1,10 @@
-"""An upstream that sends what no well-behaved backend sends, here a line that never ends.
-The request concerned fails cleanly (the JSON envelope before the first byte,
+"""An upstream that sends what no well-behaved backend sends: a line that never ends, a flood
+at full speed. The request concerned fails cleanly (the JSON envelope before the first byte,
 ``response.failed`` after); the worker, alone here, keeps serving everyone else meanwhile,
 is not restarted, and its memory stays bounded.
 """
 
+import json
 import threading
 import time
 
@@ -12,8 +13,8 @@ import requests
 
 from bench.procfs import children_map
 from tests.conftest import Gateway
-from tests.e2e.conftest import ACCOUNT, error_of, events_of, post, stream
-from tests.fake_upstream import Script
+from tests.e2e.conftest import ACCOUNT, auth, error_of, events_of, post, stream, wait_for
+from tests.fake_upstream import Script, sse
 
 BODY = {"model": "gpt-5.2", "input": "hi"}
 MIB = 1024 * 1024
@@ -91,6 +92,26 @@ class HealthPoller:
         assert slowest < bound, f"/healthz waited {slowest:.2f} s"
 
 
+def raw_stream(gateway, body=BODY, timeout=60):
+    """A streaming request read to its end, unparsed (a flood is too big to split in frames)."""
+    reply = requests.post(gateway.url + "/v1/responses", headers=auth(gateway.key), json={**body, "stream": True},
+                          stream=True, timeout=(5, timeout))
+    with reply:
+        assert reply.status_code == 200, reply.content[:1000]
+        tail = b""
+        for chunk in reply.iter_content(chunk_size=None):
+            tail = (tail + chunk)[-100_000:]
+    return tail
+
+
+def last_event(tail):
+    """(name, data) of the last frame of a stream."""
+    frame = tail.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
+    name_line, data_line = frame.split(b"\n")
+    assert name_line.startswith(b"event: ") and data_line.startswith(b"data: "), frame[:500]
+    return name_line[7:].decode(), json.loads(data_line[6:])
+
+
 def assert_failed(name, data, message):
     assert name == "response.failed", (name, data)
     response = data["response"]
@@ -102,6 +123,10 @@ def assert_failed(name, data, message):
 def created_head():
     script = Script("gpt-5.2").start()
     return script, script.events()
+
+
+def answer():
+    return Script("gpt-5.2").start().message(["Hel", "lo"]).completed()
 
 
 # --- a line that never ends -------------------------------------------------------------------------
@@ -151,3 +176,70 @@ def test_the_worker_serves_the_next_request_after_a_giant_line(gateway, upstream
     assert reply.json()["status"] == "completed"
 
 
+# --- a flood at full speed ----------------------------------------------------------------------------
+
+def delta_frames(count):
+    delta = {"type": "response.output_text.delta", "item_id": "msg_1", "output_index": 0, "content_index": 0,
+             "delta": "flood "}
+    return "".join(sse([(delta["type"], delta)] * count)).encode()
+
+
+def flood_served(upstream, health):
+    """The flood went on for seconds, and /healthz was answered quickly all along, many times
+    while it went on."""
+    health.check(bound=1.5)
+    [served] = upstream.raw_bodies
+    during = [sent for sent, answered, _ in health.answers if served["started"] < sent < answered < served["ended"]]
+    assert len(during) >= 5, (served, health.answers)
+
+
+@pytest.mark.parametrize("flood", [
+    pytest.param(b":\n" * 65536, id="comment-lines"),
+    pytest.param(delta_frames(1000), id="delta-events"),
+])
+def test_a_flood_at_full_speed_does_not_stall_the_worker(gateway, upstream, worker, flood):
+    """For 3 s the upstream sends as fast as the gateway reads; the gateway is busy all that
+    time, and still /healthz is answered while the flood goes on."""
+    pid, peak_before = worker
+    _, head = created_head()
+    upstream.push({"raw": flood, "raw_seconds": 3, "events": head}, account=ACCOUNT)
+    with HealthPoller(gateway) as health:
+        tail = raw_stream(gateway)
+
+    assert_failed(*last_event(tail), "The upstream closed the stream before the response completed.")
+    flood_served(upstream, health)
+    assert peak_rss(pid) - peak_before < 8 * LIMIT
+
+
+def test_a_flood_of_transfer_framing_does_not_stall_the_worker(gateway, upstream, worker):
+    """The last chunk, then trailer lines without end: megabytes to read that make no body
+    at all, so no event ever comes out to pace the reading."""
+    trailers = b"0\r\n" + b"X-Junk: 1\r\n" * 6000
+    upstream.push({"raw": trailers, "raw_seconds": 3, "chunked": False, "headers": {"Transfer-Encoding": "chunked"}},
+                  account=ACCOUNT)
+    with HealthPoller(gateway) as health:
+        reply = post(gateway, BODY, timeout=60)
+
+    assert reply.status_code == 502, reply.text[:1000]
+    assert error_of(reply)["message"] == ("The upstream connection failed mid-stream: the upstream closed the "
+                                          "connection before the end of the body.")
+    flood_served(upstream, health)
+
+
+@STREAMING
+def test_a_flood_after_the_final_event_is_not_read(gateway, upstream, worker, streaming):
+    """The answer is complete; what follows is not waited for, nor read to its end."""
+    script = answer()
+    upstream.push({"events": script.events(), "raw": b":\n" * 65536, "raw_seconds": 3}, account=ACCOUNT)
+    with HealthPoller(gateway) as health:
+        if streaming:
+            _, frames = stream(gateway, BODY)
+            assert events_of(frames)[-1].name == "response.completed"
+        else:
+            reply = post(gateway, BODY)
+            assert reply.status_code == 200 and reply.json()["output"] == script.items, reply.text[:1000]
+
+    health.check(bound=1.5)
+    [served] = upstream.raw_bodies
+    assert wait_for(lambda: served["ended"], timeout=10)
+    assert not served["complete"]  # the gateway hung up instead of reading 3 s of it
