@@ -13,7 +13,7 @@ from gevent import get_hub
 from gevent.hub import Waiter
 
 from .errors import UpstreamError
-from .upstream.body import BodyError, UpstreamBody
+from .upstream.body import BodyError, UnsupportedEncoding, UpstreamBody
 from .upstream.sse import EventTooLarge, SSEParser
 
 CREATED = b"response.created"
@@ -54,7 +54,10 @@ class EventSource:
     """
 
     def __init__(self, response, read_timeout, client_socket=None, *, max_event_bytes):
-        self.body = UpstreamBody(response)
+        try:
+            self.body = UpstreamBody(response)
+        except UnsupportedEncoding as exc:
+            raise UpstreamError(f"The upstream used an unsupported Content-Encoding: {exc.encoding}.") from None
         self._parser = SSEParser(max_event_bytes)
         self._read_timeout = read_timeout
         self._last_data = time.monotonic()

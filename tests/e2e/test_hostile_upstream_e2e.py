@@ -1,7 +1,7 @@
 """An upstream that sends what no well-behaved backend sends: a line that never ends, a flood
-at full speed. The request concerned fails cleanly (the JSON envelope before the first byte,
-``response.failed`` after); the worker, alone here, keeps serving everyone else meanwhile,
-is not restarted, and its memory stays bounded.
+at full speed, a compression the gateway cannot undo. The request concerned fails cleanly
+(the JSON envelope before the first byte, ``response.failed`` after); the worker, alone here,
+keeps serving everyone else meanwhile, is not restarted, and its memory stays bounded.
 """
 
 import json
@@ -243,3 +243,18 @@ def test_a_flood_after_the_final_event_is_not_read(gateway, upstream, worker, st
     [served] = upstream.raw_bodies
     assert wait_for(lambda: served["ended"], timeout=10)
     assert not served["complete"]  # the gateway hung up instead of reading 3 s of it
+
+
+# --- a compression the gateway cannot undo ------------------------------------------------------------
+
+@STREAMING
+def test_an_unsupported_content_encoding_is_a_502(gateway, upstream, worker, streaming):
+    body = "".join(sse(Script("gpt-5.2").start().message(["hi"]).completed().events())).encode()
+    upstream.push({"raw": body, "headers": {"Content-Encoding": "br"}}, account=ACCOUNT)
+    reply = post(gateway, {**BODY, "stream": streaming})
+
+    assert reply.status_code == 502, reply.text[:1000]
+    error = error_of(reply)
+    assert error["type"] == error["code"] == "upstream_error"
+    assert error["message"] == "The upstream used an unsupported Content-Encoding: br."
+    assert "<html" not in reply.text.lower()
