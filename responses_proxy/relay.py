@@ -46,11 +46,12 @@ class EventSource:
     """Upstream events as they arrive, read on the caller's greenlet.
 
     ``next(timeout)`` returns the events that are available (all of them: one network read
-    often holds many), waiting up to ``timeout`` for some; it returns ``None`` when the time
-    is up, so the caller can send a keepalive. With a client socket, the wait also watches
-    it, and a client that goes away raises ``ClientGone`` at once instead of at the next write.
-    A stream that breaks, or sends a line or an event over ``max_event_bytes``, raises
-    ``StreamFailed`` (after the events before the failure have been returned).
+    often holds many), each with its name, waiting up to ``timeout`` for some; it returns
+    ``None`` when the time is up, so the caller can send a keepalive. With a client socket, the
+    wait also watches it, and a client that goes away raises ``ClientGone`` at once instead of
+    at the next write. The events stop at the terminal one; a stream that breaks, sends a line
+    or an event over ``max_event_bytes``, or ends in a terminal event the gateway cannot read
+    raises ``StreamFailed`` (after the events before the failure have been returned).
     """
 
     def __init__(self, response, read_timeout, client_socket=None, *, max_event_bytes):
@@ -103,6 +104,16 @@ class EventSource:
                     batch = self._parser.feed(data)
                 except EventTooLarge as exc:
                     return self._fail(events, f"The upstream sent an event too large to relay: {exc}.")
+                for index, (name, payload) in enumerate(batch):
+                    if not name:
+                        name = event_type(payload)
+                        batch[index] = (name, payload)
+                    if name in TERMINAL:
+                        if not readable_terminal(name, payload):
+                            events += batch[:index]
+                            return self._fail(events, "The upstream sent a malformed final event.")
+                        events += batch[:index + 1]
+                        return events
                 events += batch
             if self.body.done:
                 if events:
@@ -185,11 +196,10 @@ class Tracker:
         self.strip_encrypted = strip_encrypted
 
     def observe(self, events):
-        """Track a batch of events and return the list of (name, data) actually to relay."""
+        """Track a batch of named events (as ``EventSource`` returns them) and return the list
+        of (name, data) actually to relay. Events whose data is not what their name promises
+        are relayed as they came and otherwise ignored."""
         for index, (name, data) in enumerate(events):
-            if not name:
-                name = event_type(data)
-                events[index] = (name, data)
             if name in TERMINAL:
                 self.terminal_name = name
                 self.terminal = loads(data)
@@ -198,13 +208,18 @@ class Tracker:
                 self.count += index + 1
                 return events[:index + 1]
             if name == CREATED:
-                self.created = (loads(data) or {}).get("response")
-            elif name == ITEM_DONE and self.items is not None:
-                item = loads(data)
-                if isinstance(item, dict):
-                    self.items.append(item)
-            if self.strip_encrypted and name in (ITEM_DONE, ITEM_ADDED) and b"encrypted_content" in data:
-                events[index] = (name, orjson.dumps(without_encrypted(loads(data))))
+                response = field(loads(data), "response")
+                if isinstance(response, dict):
+                    self.created = response
+            elif name in (ITEM_DONE, ITEM_ADDED):
+                collect = name == ITEM_DONE and self.items is not None
+                strip = self.strip_encrypted and b"encrypted_content" in data
+                if collect or strip:
+                    event = loads(data)
+                    if collect and isinstance(field(event, "item"), dict):
+                        self.items.append(event)
+                    if strip and isinstance(event, dict):
+                        events[index] = (name, orjson.dumps(without_encrypted(event)))
         self.count += len(events)
         return events
 
@@ -213,8 +228,8 @@ class Tracker:
         response = self.final_response() or {}
         if response.get("output"):
             return response["output"]
-        items = sorted(self.items or (), key=lambda event: event.get("output_index", 0))
-        return [event["item"] for event in items if isinstance(event.get("item"), dict)]
+        items = sorted(self.items or (), key=output_index)
+        return [event["item"] for event in items]
 
     def final_response(self):
         """The response object of the terminal event (None for an ``error`` event)."""
@@ -258,9 +273,34 @@ def without_encrypted(value):
     return value
 
 
-def event_type(data):
+def readable_terminal(name, data):
+    """Whether a terminal event holds what the gateway reads from it: an object, and for the
+    ``response.*`` ones a response object whose ``output``, if any, is a list of objects."""
     event = loads(data)
-    kind = event.get("type") if isinstance(event, dict) else None
+    if not isinstance(event, dict):
+        return False
+    if name == b"error":
+        return True
+    response = event.get("response")
+    if not isinstance(response, dict):
+        return False
+    output = response.get("output")
+    return output is None or isinstance(output, list) and all(isinstance(item, dict) for item in output)
+
+
+def field(value, name):
+    """``value[name]`` when ``value`` is an object, else None."""
+    return value.get(name) if isinstance(value, dict) else None
+
+
+def output_index(event):
+    """Where a done item goes in the output (an index that is not a number sorts first)."""
+    index = event.get("output_index")
+    return index if isinstance(index, int) else 0
+
+
+def event_type(data):
+    kind = field(loads(data), "type")
     return kind.encode() if isinstance(kind, str) else b""
 
 

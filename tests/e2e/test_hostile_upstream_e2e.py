@@ -1,7 +1,8 @@
 """An upstream that sends what no well-behaved backend sends: a line that never ends, a flood
-at full speed, a compression the gateway cannot undo. The request concerned fails cleanly
-(the JSON envelope before the first byte, ``response.failed`` after); the worker, alone here,
-keeps serving everyone else meanwhile, is not restarted, and its memory stays bounded.
+at full speed, a compression the gateway cannot undo, events whose data is not what their
+name promises. The request concerned fails cleanly (the JSON envelope before the first byte,
+``response.failed`` after); the worker, alone here, keeps serving everyone else meanwhile,
+is not restarted, and its memory stays bounded.
 """
 
 import json
@@ -258,3 +259,103 @@ def test_an_unsupported_content_encoding_is_a_502(gateway, upstream, worker, str
     assert error["type"] == error["code"] == "upstream_error"
     assert error["message"] == "The upstream used an unsupported Content-Encoding: br."
     assert "<html" not in reply.text.lower()
+
+
+# --- events whose data is not what their name promises -----------------------------------------------
+
+def frames_of(events, names=True):
+    """Raw SSE bytes for (name, payload) pairs; a payload may be any JSON value."""
+    out = []
+    for name, payload in events:
+        data = json.dumps(payload, separators=(",", ":"))
+        out.append((f"event: {name}\n" if names else "") + f"data: {data}\n\n")
+    return "".join(out).encode()
+
+
+def replace_payload(events, name, change):
+    return [(event, change(payload) if event == name else payload) for event, payload in events]
+
+
+def malformed_terminal(kind):
+    script = answer()
+    events = script.events()
+    if kind == "response-is-a-list":
+        events = replace_payload(events, "response.completed", lambda payload: {**payload, "response": [1]})
+    elif kind == "response-is-a-string":
+        events = replace_payload(events, "response.completed", lambda payload: {**payload, "response": "done"})
+    elif kind == "output-is-a-string":
+        events = replace_payload(events, "response.completed",
+                                 lambda payload: {**payload, "response": {**payload["response"], "output": "Hello"}})
+    elif kind == "output-holds-a-number":
+        events = replace_payload(events, "response.completed",
+                                 lambda payload: {**payload, "response": {**payload["response"], "output": [7]}})
+    elif kind == "error-is-a-list":
+        events = [*events[:-1], ("error", [1])]
+    return script, events
+
+
+MALFORMED_TERMINALS = ["response-is-a-list", "response-is-a-string", "output-is-a-string", "output-holds-a-number",
+                       "error-is-a-list"]
+MALFORMED = "The upstream sent a malformed final event."
+
+
+@pytest.mark.parametrize("kind, names", [(kind, True) for kind in MALFORMED_TERMINALS] + [
+    ("response-is-a-list", False), ("output-is-a-string", False)])
+def test_a_malformed_final_event_fails_the_stream(gateway, upstream, worker, kind, names):
+    script, events = malformed_terminal(kind)
+    upstream.push({"raw": frames_of(events, names)}, account=ACCOUNT)
+    reply, frames = stream(gateway, BODY)
+    received = events_of(frames)
+    assert [frame.data for frame in received[:-1]] == [payload for _, payload in events[:-1]]
+    assert_failed(received[-1].name, received[-1].data, MALFORMED)
+    assert received[-1].data["response"]["id"] == script.response_id
+
+
+@pytest.mark.parametrize("kind", MALFORMED_TERMINALS)
+def test_a_malformed_final_event_is_a_502(gateway, upstream, worker, kind):
+    _, events = malformed_terminal(kind)
+    upstream.push({"raw": frames_of(events)}, account=ACCOUNT)
+    reply = post(gateway, BODY)
+    assert reply.status_code == 502, reply.text[:1000]
+    error = error_of(reply)
+    assert error["code"] == "upstream_error" and error["message"] == MALFORMED
+
+
+def test_a_malformed_final_event_as_the_only_event_is_a_502_when_streaming(gateway, upstream, worker):
+    upstream.push({"raw": frames_of([("response.completed", {"type": "response.completed", "response": [1]})])},
+                  account=ACCOUNT)
+    reply = post(gateway, {**BODY, "stream": True})
+    assert reply.status_code == 502, reply.text[:1000]
+    assert error_of(reply)["message"] == MALFORMED
+
+
+ODD_ITEM = {"id": "msg_odd", "type": "message", "role": "assistant", "status": "completed", "content": []}
+
+
+def odd_events():
+    """A good answer, but its ``response.created`` data is a list, two ``output_item.done``
+    items are not objects, and one has no usable ``output_index``."""
+    script = Script("gpt-5.2").start().message(["Hel", "lo"]).completed(empty_output=True)
+    events = replace_payload(script.events(), "response.created", lambda payload: [1])
+    done = "response.output_item.done"
+    odd = [(done, {"type": done, "output_index": 1, "item": 5}), (done, {"type": done, "output_index": 2, "item": "x"}),
+           (done, {"type": done, "output_index": None, "item": ODD_ITEM})]
+    return script, events[:-1] + odd + events[-1:]
+
+
+def test_odd_non_final_events_are_relayed_and_ignored(gateway, upstream, worker):
+    _, events = odd_events()
+    upstream.push({"raw": frames_of(events)}, account=ACCOUNT)
+    tail = raw_stream(gateway)
+    name, data = last_event(tail)
+    assert name == "response.completed" and data["response"]["status"] == "completed"
+
+
+def test_odd_non_final_events_do_not_spoil_the_folded_answer(gateway, upstream, worker):
+    script, events = odd_events()
+    upstream.push({"raw": frames_of(events)}, account=ACCOUNT)
+    reply = post(gateway, BODY)
+    assert reply.status_code == 200, reply.text[:1000]
+    body = reply.json()
+    assert body["id"] == script.response_id
+    assert body["output"] == [*script.items, ODD_ITEM]  # rebuilt from the done items that are items
