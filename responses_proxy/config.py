@@ -40,6 +40,16 @@ def _positive(parse):
     return check
 
 
+def _at_least(minimum):
+    def check(value):
+        parsed = int(value)
+        if parsed < minimum:
+            raise ValueError(f"must be at least {minimum}: {value!r}")
+        return parsed
+
+    return check
+
+
 SETTINGS = (
     Setting("DATA_DIR", _str, "./var", "Directory for the SQLite database and the generated secret key."),
     Setting("DATABASE_URL", _str, None,
@@ -63,6 +73,9 @@ SETTINGS = (
             "Seconds a client may take to accept a write of the answer or to send the next part of its "
             "request body; a client that stops reading is cut off and its upstream request closed (0: never)."),
     Setting("MAX_BODY_BYTES", _positive(int), 64 * 1024 * 1024, "Largest accepted request body (413 above it)."),
+    Setting("MAX_EVENT_BYTES", _at_least(1024), 16 * 1024 * 1024,
+            "Largest upstream SSE line or event (a big tool call or image can take megabytes); "
+            "a larger one fails that request as an upstream error."),
     Setting("MODELS_CACHE_SECONDS", _positive(float), 300.0, "How long each worker keeps the upstream model catalog."),
     Setting("DEFAULT_COOLDOWN_SECONDS", _positive(float), 60.0,
             "Cooldown of an account whose usage-limit error names no reset time."),

@@ -1,7 +1,7 @@
 """Relaying an upstream event stream: as SSE to a streaming client, or folded into one object.
 
 Deltas pass through as bytes. Only the events the gateway needs (created, the terminal ones,
-``output_item.done`` when folding) are parsed as JSON.
+``output_item.done``) are parsed as JSON.
 """
 
 import logging
@@ -13,8 +13,8 @@ from gevent import get_hub
 from gevent.hub import Waiter
 
 from .errors import UpstreamError
-from .upstream.body import BodyError, UpstreamBody
-from .upstream.sse import SSEParser
+from .upstream.body import BodyError, UnsupportedEncoding, UpstreamBody
+from .upstream.sse import EventTooLarge, SSEParser
 
 CREATED = b"response.created"
 ITEM_ADDED = b"response.output_item.added"
@@ -26,7 +26,8 @@ SSE_HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
 }
-# A network read that brings this much is relayed without waiting for more.
+# After this much read without a wait, the events so far are relayed and the event loop gets
+# a turn before reading on.
 BATCH_BYTES = 256 * 1024
 
 _UPSTREAM, _CLIENT, _TIMER = "upstream", "client", "timer"
@@ -39,7 +40,8 @@ log = logging.getLogger(__name__)
 
 
 class StreamFailed(Exception):
-    """The upstream stream broke (read error, silence, or it ended before a terminal event)."""
+    """The upstream stream broke (read error, silence, it ended before a terminal event, or it
+    sent what the gateway cannot relay)."""
 
 
 class ClientGone(Exception):
@@ -50,39 +52,52 @@ class EventSource:
     """Upstream events as they arrive, read on the caller's greenlet.
 
     ``next(timeout)`` returns the events that are available (all of them: one network read
-    often holds many), waiting up to ``timeout`` for some; it returns ``None`` when the time
-    is up, so the caller can send a keepalive. With a client socket, the wait also watches
-    it, and a client that goes away raises ``ClientGone`` at once instead of at the next write.
+    often holds many), each with its name, waiting up to ``timeout`` for some; it returns
+    ``None`` when the time is up, so the caller can send a keepalive. With a client socket, the
+    wait also watches it, and a client that goes away raises ``ClientGone`` at once instead of
+    at the next write. The events stop at the terminal one; a stream that breaks, sends a line
+    or an event over ``max_event_bytes``, or ends in a terminal event the gateway cannot read
+    raises ``StreamFailed`` (after the events before the failure have been returned).
     """
 
-    def __init__(self, response, read_timeout, client=None):
+    def __init__(self, response, read_timeout, client=None, *, max_event_bytes):
         """``client``: what to watch of the client (``fileno()``, and ``gone()`` once it turned
         readable), or None."""
-        self.body = UpstreamBody(response)
-        self._parser = SSEParser()
+        try:
+            self.body = UpstreamBody(response)
+        except UnsupportedEncoding as exc:
+            raise UpstreamError(f"The upstream used an unsupported Content-Encoding: {exc.encoding}.") from None
+        self._parser = SSEParser(max_event_bytes)
         self._read_timeout = read_timeout
         self._last_data = time.monotonic()
+        self._processed_at_wait = 0  # ``body.processed`` when the event loop last had a turn
+        self._failure = None  # why the stream failed, once the events before it are returned
         self._hub = get_hub()
         self._upstream_watcher = self._hub.loop.io(self.body.fileno(), 1)
-        self.client = self._client = client
+        self.client = client
         self._client_watcher = None
         if client is not None:
             try:
                 self._client_watcher = self._hub.loop.io(client.fileno(), 1)
             except (OSError, ValueError):
-                self._client = None
+                self.client = None
 
     def next(self, timeout):
+        if self._failure is not None:
+            raise StreamFailed(self._failure)
         deadline = time.monotonic() + timeout if timeout else None
         events = []
-        size = 0
         while True:
+            if self.body.processed - self._processed_at_wait >= BATCH_BYTES:
+                if events:
+                    return events
+                # gevent's recv returns at once while data is there: without a turn of the
+                # event loop now and then, a fast upstream would stall every other greenlet.
+                self._wait(0)
             try:
                 data = self.body.read()
             except BodyError as exc:
-                if events:
-                    return events  # relay what arrived; the failure shows at the next read
-                raise StreamFailed(f"The upstream connection failed mid-stream: {exc}.") from None
+                return self._fail(events, f"The upstream connection failed mid-stream: {exc}.")
             if data is None:
                 if events:
                     return events
@@ -93,16 +108,32 @@ class EventSource:
                 continue
             if data:
                 self._last_data = time.monotonic()
-                batch = self._parser.feed(data)
-                if batch:
-                    events += batch
-                    size += len(data)
-                    if size >= BATCH_BYTES:
+                try:
+                    batch = self._parser.feed(data)
+                except EventTooLarge as exc:
+                    return self._fail(events, f"The upstream sent an event too large to relay: {exc}.")
+                for index, (name, payload) in enumerate(batch):
+                    if not name:
+                        name = event_type(payload)
+                        batch[index] = (name, payload)
+                    if name in TERMINAL:
+                        if not readable_terminal(name, payload):
+                            events += batch[:index]
+                            return self._fail(events, "The upstream sent a malformed final event.")
+                        events += batch[:index + 1]
                         return events
+                events += batch
             if self.body.done:
                 if events:
                     return events
                 raise StreamFailed("The upstream closed the stream before the response completed.")
+
+    def _fail(self, events, message):
+        """Fail now, or, when events were read before the failure, after they are relayed."""
+        if not events:
+            raise StreamFailed(message)
+        self._failure = message
+        return events
 
     def _wait(self, timeout):
         """Sleep until the upstream or the client socket is readable, or ``timeout`` passes."""
@@ -111,6 +142,7 @@ class EventSource:
         if limit <= 0:
             raise StreamFailed(f"The upstream sent nothing for {self._read_timeout:g} seconds.")
         timeout = limit if timeout is None else min(timeout, limit)
+        self._processed_at_wait = self.body.processed
         waiter = Waiter(self._hub)
         timer = self._hub.loop.timer(timeout)
         self._upstream_watcher.start(waiter.switch, _UPSTREAM)
@@ -129,7 +161,7 @@ class EventSource:
 
     def _check_client(self):
         """The client socket turned readable: gone (EOF, reset), or just sent more bytes."""
-        if self._client.gone():
+        if self.client.gone():
             raise ClientGone()
         # Pipelined bytes are the next request's: stop watching, writes will tell if it leaves.
         self._client_watcher.close()
@@ -137,9 +169,11 @@ class EventSource:
 
     def drain(self):
         """After the terminal event: take the end of the body if it already arrived, so the
-        connection can serve another request (else it is closed). Never waits."""
+        connection can serve another request (else it is closed). Never waits, and gives up
+        after a batch: what comes after a terminal event is a few bytes, not a stream."""
+        limit = self.body.processed + BATCH_BYTES
         try:
-            while self.body.read():
+            while self.body.processed < limit and self.body.read():
                 pass
         except BodyError:
             pass
@@ -166,11 +200,10 @@ class Tracker:
         self.redact = redact
 
     def observe(self, events):
-        """Track a batch of events and return the list of (name, data) actually to relay."""
+        """Track a batch of named events (as ``EventSource`` returns them) and return the list
+        of (name, data) actually to relay. Events whose data is not what their name promises
+        are relayed as they came and otherwise ignored."""
         for index, (name, data) in enumerate(events):
-            if not name:
-                name = event_type(data)
-                events[index] = (name, data)
             if name in TERMINAL:
                 self.terminal_name = name
                 self.terminal = loads(data)
@@ -187,13 +220,17 @@ class Tracker:
                 self.count += index + 1
                 return events[:index + 1]
             if name == CREATED:
-                self.created = (loads(data) or {}).get("response")
-            elif name == ITEM_DONE:
-                item = loads(data)
-                if isinstance(item, dict):
-                    self.items.append(item)
-            if self.redact is not None and name in (ITEM_DONE, ITEM_ADDED) and b"encrypted_content" in data:
-                events[index] = (name, orjson.dumps(self.redact(loads(data))))
+                response = field(loads(data), "response")
+                if isinstance(response, dict):
+                    self.created = response
+            elif name in (ITEM_DONE, ITEM_ADDED):
+                redact = self.redact is not None and b"encrypted_content" in data
+                if name == ITEM_DONE or redact:
+                    event = loads(data)
+                    if name == ITEM_DONE and isinstance(field(event, "item"), dict):
+                        self.items.append(event)
+                    if redact and isinstance(event, dict):
+                        events[index] = (name, orjson.dumps(self.redact(event)))
         self.count += len(events)
         return events
 
@@ -202,8 +239,8 @@ class Tracker:
         response = self.final_response() or {}
         if response.get("output"):
             return response["output"]
-        items = sorted(self.items, key=lambda event: event.get("output_index", 0))
-        return [event["item"] for event in items if isinstance(event.get("item"), dict)]
+        items = sorted(self.items, key=output_index)
+        return [event["item"] for event in items]
 
     def completed(self):
         """Whether the response finished (completed, or incomplete with what it produced)."""
@@ -243,9 +280,34 @@ class Tracker:
         return b"response.failed", orjson.dumps(payload)
 
 
-def event_type(data):
+def readable_terminal(name, data):
+    """Whether a terminal event holds what the gateway reads from it: an object, and for the
+    ``response.*`` ones a response object whose ``output``, if any, is a list of objects."""
     event = loads(data)
-    kind = event.get("type") if isinstance(event, dict) else None
+    if not isinstance(event, dict):
+        return False
+    if name == b"error":
+        return True
+    response = event.get("response")
+    if not isinstance(response, dict):
+        return False
+    output = response.get("output")
+    return output is None or isinstance(output, list) and all(isinstance(item, dict) for item in output)
+
+
+def field(value, name):
+    """``value[name]`` when ``value`` is an object, else None."""
+    return value.get(name) if isinstance(value, dict) else None
+
+
+def output_index(event):
+    """Where a done item goes in the output (an index that is not a number sorts first)."""
+    index = event.get("output_index")
+    return index if isinstance(index, int) else 0
+
+
+def event_type(data):
+    kind = field(loads(data), "type")
     return kind.encode() if isinstance(kind, str) else b""
 
 
@@ -268,19 +330,22 @@ def frame(events):
 
 
 def usage_of(response):
-    """Token counts of a response object, as usage-row columns."""
-    usage = response.get("usage") if isinstance(response, dict) else None
+    """Token counts of a response object, as usage-row columns (a count that is not a whole
+    number is left out: the columns are integers)."""
+    usage = field(response, "usage")
     if not isinstance(usage, dict):
         return {}
-    input_details = usage.get("input_tokens_details") or {}
-    output_details = usage.get("output_tokens_details") or {}
     return {
-        "input_tokens": usage.get("input_tokens"),
-        "output_tokens": usage.get("output_tokens"),
-        "total_tokens": usage.get("total_tokens"),
-        "cached_tokens": input_details.get("cached_tokens") if isinstance(input_details, dict) else None,
-        "reasoning_tokens": output_details.get("reasoning_tokens") if isinstance(output_details, dict) else None,
+        "input_tokens": count(usage.get("input_tokens")),
+        "output_tokens": count(usage.get("output_tokens")),
+        "total_tokens": count(usage.get("total_tokens")),
+        "cached_tokens": count(field(usage.get("input_tokens_details"), "cached_tokens")),
+        "reasoning_tokens": count(field(usage.get("output_tokens_details"), "reasoning_tokens")),
     }
+
+
+def count(value):
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**62 else None
 
 
 class SSERelay:

@@ -181,6 +181,7 @@ class FakeUpstream:
     def __init__(self, tls_context=None):
         self.requests = []
         self.closed_early = []  # {response_id, time} of streams whose client went away
+        self.raw_bodies = []  # {started, ended, sent, complete} of every ``raw`` body served
         self.models = list(MODELS)
         self.models_status = 200
         self.rejected_tokens = set()  # access tokens answered with 401 (e.g. expired upstream)
@@ -208,6 +209,7 @@ class FakeUpstream:
         with self._lock:
             self.requests.clear()
             self.closed_early.clear()
+            self.raw_bodies.clear()
             self._scripts.clear()
             self.rejected_tokens.clear()
             self.used_refresh_tokens.clear()
@@ -326,7 +328,8 @@ class FakeUpstream:
                 (default: a text answer), ``delay`` (seconds between events), ``stall`` (seconds
                 to wait before the event with index ``stall_at``), ``cut_after`` (close the
                 connection after that many events), ``header_delay`` (seconds before headers),
-                ``names`` (False: no ``event:`` lines), ``crlf`` (CRLF line endings)."""
+                ``names`` (False: no ``event:`` lines), ``crlf`` (CRLF line endings), ``raw`` (see
+                ``_serve_raw``), ``headers`` (more response headers)."""
                 time.sleep(behaviour.get("header_delay", 0))
                 status = behaviour.get("status", 200)
                 if status != 200 and "page" in behaviour:  # what a proxy in front answers: HTML
@@ -339,6 +342,8 @@ class FakeUpstream:
                 if status != 200:
                     return self._json(status, behaviour.get("body", {"error": {"message": "failure"}}),
                                       behaviour.get("headers"))
+                if "raw" in behaviour:
+                    return self._serve_raw(behaviour)
                 model = body.get("model", "gpt-5.2") if isinstance(body, dict) else "gpt-5.2"
                 events = behaviour.get("events") or text_answer(model=model)
                 frames = sse(events, behaviour.get("names", True))
@@ -368,6 +373,49 @@ class FakeUpstream:
                     with fake._lock:
                         fake.closed_early.append({"response_id": response_id, "time": time.time()})
                     self.close_connection = True
+
+            def _serve_raw(self, behaviour):
+                """A body of arbitrary bytes, as fast as the connection takes them: the frames of
+                ``events`` (default none), then ``raw`` sent ``raw_repeat`` times (default 1) or,
+                with ``raw_seconds``, again and again for that long; then the end of the body.
+                With ``chunked`` False the bytes go out as they are (the test does the framing)
+                and the connection closes at the end."""
+                chunked = behaviour.get("chunked", True)
+                self.send_response(200)
+                headers = {"Content-Type": "text/event-stream", **behaviour.get("headers", {})}
+                if chunked:
+                    headers["Transfer-Encoding"] = "chunked"
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
+
+                def framed(data):
+                    return b"%x\r\n%s\r\n" % (len(data), data) if chunked else data
+
+                head = "".join(sse(behaviour.get("events", ()))).encode()
+                raw = framed(behaviour["raw"])
+                record = {"started": time.monotonic(), "ended": None, "sent": 0, "complete": False}
+                with fake._lock:
+                    fake.raw_bodies.append(record)
+                seconds = behaviour.get("raw_seconds")
+                try:
+                    if head:
+                        self.wfile.write(framed(head))
+                    for count in itertools.count():
+                        if (time.monotonic() - record["started"] > seconds if seconds is not None
+                                else count >= behaviour.get("raw_repeat", 1)):
+                            break
+                        self.wfile.write(raw)
+                        record["sent"] += len(behaviour["raw"])
+                    if chunked:
+                        self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+                    record["complete"] = True
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                if not (chunked and record["complete"]):
+                    self.close_connection = True
+                record["ended"] = time.monotonic()
 
             def _wait(self, seconds):
                 """Sleep, but notice at once a client that closes the connection meanwhile."""

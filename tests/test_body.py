@@ -1,8 +1,24 @@
-"""The transfer-coding decoders of the socket-level body reader, fed at every split point."""
+"""The transfer-coding decoders of the socket-level body reader, fed at every split point, and
+the reader itself on a real connection."""
+
+import gzip
+import hashlib
+import select
+import time
 
 import pytest
+import requests
 
-from responses_proxy.upstream.body import BodyError, ChunkedDecoder, LengthDecoder, decoder_for, inflater_for
+from responses_proxy.upstream.body import (
+    RECV_SIZE,
+    BodyError,
+    ChunkedDecoder,
+    LengthDecoder,
+    UnsupportedEncoding,
+    UpstreamBody,
+    decoder_for,
+    inflater_for,
+)
 
 
 def chunked(*pieces, extension=b"", trailer=b""):
@@ -62,3 +78,52 @@ def test_compressed_bodies_are_inflated_and_unknown_encodings_refused():
     assert inflater_for({}) is None
     with pytest.raises(BodyError):
         inflater_for({"Content-Encoding": "br"})
+
+
+# --- the reader on a real connection (the fake upstream) ---------------------------------------------
+
+def open_body(upstream, behaviour):
+    upstream.push(behaviour)
+    return requests.post(upstream.base_url + "/codex/responses", json={"model": "gpt-5.2"}, stream=True,
+                         headers={"Accept-Encoding": "identity"}, timeout=10)
+
+
+def read_all(body):
+    """Every ``read()`` of the body until it is done: the sizes, and a digest of the bytes."""
+    sizes, digest = [], hashlib.sha256()
+    deadline = time.monotonic() + 30
+    while not body.done:
+        assert time.monotonic() < deadline, "the body did not end"
+        data = body.read()
+        if data is None:
+            select.select([body], [], [], 1)
+            continue
+        sizes.append(len(data))
+        digest.update(data)
+    return sizes, digest.hexdigest()
+
+
+def test_a_compressed_body_is_inflated_one_bounded_piece_at_a_time(upstream):
+    """A small gzip body can stand for gigabytes: each read inflates at most RECV_SIZE bytes."""
+    plain = b": padding\n" * (6 * 1024 * 1024)
+    packed = gzip.compress(plain)
+    assert len(packed) < RECV_SIZE  # one network read holds the whole body
+    body = UpstreamBody(open_body(upstream, {"raw": packed, "headers": {"Content-Encoding": "gzip"}}))
+    try:
+        sizes, digest = read_all(body)
+    finally:
+        body.close()
+
+    assert digest == hashlib.sha256(plain).hexdigest()
+    assert sum(sizes) == len(plain) and max(sizes) <= RECV_SIZE
+
+
+def test_an_unknown_content_encoding_is_refused_before_reading_and_the_connection_closed(upstream):
+    response = open_body(upstream, {"raw": b"\x1b\x2a\x00\xf8", "headers": {"Content-Encoding": "br"}})
+    connection = response.raw._connection
+    with pytest.raises(UnsupportedEncoding) as caught:
+        UpstreamBody(response)
+
+    assert caught.value.encoding == "br"
+    assert str(caught.value) == "unsupported Content-Encoding from the upstream: br"
+    assert connection.sock is None  # closed, not handed back to the pool half read

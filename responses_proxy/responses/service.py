@@ -55,6 +55,7 @@ class ResponsesService:
         self.read_timeout = config["UPSTREAM_READ_TIMEOUT"]
         self.default_cooldown = config["DEFAULT_COOLDOWN_SECONDS"]
         self.max_attempts = config["MAX_ATTEMPTS"]
+        self.max_event_bytes = config["MAX_EVENT_BYTES"]
 
     def check_model(self, key, model):
         allowed = key["allowed_models"]
@@ -185,7 +186,7 @@ class ResponsesService:
 
     def events(self, response, client):
         try:
-            return relay.EventSource(response, self.read_timeout, client)
+            return relay.EventSource(response, self.read_timeout, client, max_event_bytes=self.max_event_bytes)
         except BaseException:
             response.close()
             raise

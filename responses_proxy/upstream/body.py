@@ -20,6 +20,14 @@ class BodyError(Exception):
     """The upstream connection broke, or the body's framing is malformed."""
 
 
+class UnsupportedEncoding(BodyError):
+    """The upstream compressed the body with a coding the gateway cannot undo."""
+
+    def __init__(self, encoding):
+        super().__init__(f"unsupported Content-Encoding from the upstream: {encoding}")
+        self.encoding = encoding
+
+
 class ChunkedDecoder:
     """Undo ``Transfer-Encoding: chunked`` on bytes as they arrive."""
 
@@ -117,7 +125,7 @@ def inflater_for(headers):
         return zlib.decompressobj()
     if encoding in ("", "identity"):
         return None
-    raise BodyError(f"unsupported Content-Encoding from the upstream: {encoding}")
+    raise UnsupportedEncoding(encoding)
 
 
 class UpstreamBody:
@@ -125,7 +133,9 @@ class UpstreamBody:
 
     ``read()`` returns the decoded bytes available now, ``None`` when the socket has nothing
     yet (wait on ``fileno()``), and ``b""`` once the body is complete (``done``). It raises
-    ``BodyError`` when the connection breaks or closes early.
+    ``BodyError`` when the connection breaks or closes early. ``processed`` counts the bytes
+    taken from the socket and those inflated from them: the work the reads did, whatever
+    they returned (framing or compression can make that much more, or less, than the body).
     """
 
     def __init__(self, response):
@@ -136,8 +146,13 @@ class UpstreamBody:
         self._sock = self._connection.sock
         self._saved_timeout = self._sock.gettimeout()
         self._decoder = decoder_for(response.headers)
-        self._inflater = inflater_for(response.headers)
+        try:
+            self._inflater = inflater_for(response.headers)
+        except UnsupportedEncoding:
+            response.close()  # nothing was read: the connection cannot serve another request
+            raise
         self.done = self._decoder.done
+        self.processed = 0
         self._sock.settimeout(0.0)
         # Whatever http.client buffered beyond the headers comes first.
         self._pending = self._buffered(raw._fp.fp)
@@ -158,6 +173,8 @@ class UpstreamBody:
     def read(self):
         if self.done:
             return b""
+        if self._inflater is not None and self._inflater.unconsumed_tail:
+            return self._inflate(self._inflater.unconsumed_tail)
         if self._pending:
             data, self._pending = self._pending, b""
         else:
@@ -172,13 +189,23 @@ class UpstreamBody:
                     self.done = True
                     return self._flush()
                 raise BodyError("the upstream closed the connection before the end of the body")
+        self.processed += len(data)
         decoded = self._decoder.feed(data)
-        if self._inflater is not None and decoded:
-            decoded = self._inflater.decompress(decoded)
+        if self._inflater is not None:
+            return self._inflate(decoded)
         if self._decoder.done:
             self.done = True
-            decoded += self._flush()
         return decoded
+
+    def _inflate(self, data):
+        # A few compressed bytes can stand for gigabytes: inflate at most one read's worth at a
+        # time, the rest waits in ``unconsumed_tail`` for the next read.
+        out = self._inflater.decompress(data, RECV_SIZE)
+        if self._decoder.done and not self._inflater.unconsumed_tail:
+            self.done = True
+            out += self._inflater.flush()
+        self.processed += len(out)
+        return out
 
     def _flush(self):
         return self._inflater.flush() if self._inflater is not None else b""

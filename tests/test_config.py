@@ -1,0 +1,16 @@
+"""Settings read from the environment: defaults, parsing, and values refused at start-up."""
+
+import pytest
+
+from responses_proxy.config import ConfigError, load_config
+
+
+def test_the_upstream_event_limit_defaults_to_16_mib_and_can_be_set():
+    assert load_config(environ={})["MAX_EVENT_BYTES"] == 16 * 1024 * 1024
+    assert load_config(environ={"RESPONSES_PROXY_MAX_EVENT_BYTES": "65536"})["MAX_EVENT_BYTES"] == 65536
+
+
+@pytest.mark.parametrize("value", ["0", "1023", "-5", "lots"])
+def test_an_upstream_event_limit_that_would_fail_every_stream_is_refused(value):
+    with pytest.raises(ConfigError, match="RESPONSES_PROXY_MAX_EVENT_BYTES"):
+        load_config(environ={"RESPONSES_PROXY_MAX_EVENT_BYTES": value})
