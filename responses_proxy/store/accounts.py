@@ -59,18 +59,6 @@ def remove(engine, account_id):
         return conn.execute(delete(accounts).where(accounts.c.id == account_id)).rowcount == 1
 
 
-def usable(engine, now=None):
-    """Active accounts that are not cooling down, with their encrypted tokens."""
-    now = time.time() if now is None else now
-    with engine.connect() as conn:
-        return conn.execute(
-            select(accounts).where(
-                accounts.c.status == ACTIVE,
-                or_(accounts.c.cooldown_until.is_(None), accounts.c.cooldown_until <= now))
-            .order_by(accounts.c.created_at)
-        ).mappings().all()
-
-
 def tokens(cipher, row):
     return orjson.loads(cipher.decrypt(row["tokens"]))
 
