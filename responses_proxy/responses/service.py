@@ -10,7 +10,7 @@ from ..conversations.service import conversation_id_of
 from ..errors import ApiError, InvalidRequest, ModelNotAllowed, UpstreamError, UsageLimitReached
 from ..upstream.client import UpstreamUnavailable, error_for_status, read_error_body, upstream_headers
 from ..upstream.oauth import RefreshFailed
-from ..upstream.pool import affinity_key
+from .affinity import affinity_key
 from .normalize import to_upstream
 
 log = logging.getLogger("responses_proxy.request")
