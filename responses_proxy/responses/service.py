@@ -67,11 +67,13 @@ class ResponsesService:
             raise InvalidRequest(f"The model '{model}' does not exist. Check the available models at /v1/models.",
                                  param="model", code="model_not_found")
 
-    def create(self, key, body, record, client_socket=None, client_headers=None):
+    def create(self, key, body, record, client_socket=None, client_headers=None, accounts_version=None):
         """Serve a validated body: (response dict or SSE iterable, extra headers).
 
         The usage row and the conversation turn are settled when the answer ends, however
         it ends: at once for errors and JSON answers, when the stream closes for SSE.
+        ``accounts_version`` is the one read with the API key (the pool's first check needs no
+        query of its own).
         """
         turn = None
         try:
@@ -89,7 +91,7 @@ class ResponsesService:
                     strip_encrypted = True
             response = self.open_upstream(orjson.dumps(upstream), affinity_key(key["id"], body),
                                           upstream_headers(client_headers or {}, body.get("prompt_cache_key")),
-                                          record)
+                                          record, accounts_version)
         except BaseException as exc:
             if turn is not None:
                 turn.abort()
@@ -103,7 +105,7 @@ class ResponsesService:
             return self.stream(response, record, client_socket, tracker, turn, new_items), headers
         return self.complete(response, record, tracker, turn, new_items), headers
 
-    def open_upstream(self, body, affinity, headers, record):
+    def open_upstream(self, body, affinity, headers, record, accounts_version=None):
         """Send the request to the first account that takes it; returns the 200 response.
 
         Nothing has reached the client yet, so a 429, a 401 that survives one token refresh,
@@ -114,7 +116,10 @@ class ResponsesService:
         last_error = None
         while len(tried) < self.max_attempts:
             try:
-                account, decision = self.pool.choose(affinity[0], tried, follow=affinity[1])
+                # Only the first choice may trust the version read with the key: a failover
+                # must see the cooldowns this request wrote since.
+                account, decision = self.pool.choose(affinity[0], tried, follow=affinity[1],
+                                                     version=None if tried else accounts_version)
             except ApiError:
                 if last_error is None:
                     raise

@@ -23,7 +23,7 @@ def create_response():
     record.row["model"] = body["model"]
     record.row["stream"] = bool(body.get("stream"))
     result, headers = service.create(g.api_key, body, record, request.environ.get("gunicorn.socket"),
-                                     request.headers)
+                                     request.headers, g.accounts_version)
     if isinstance(result, dict):
         response = jsonify(result)
         response.headers.update(headers)

@@ -8,8 +8,6 @@ all at once.
 """
 
 import collections
-import contextlib
-import contextvars
 import logging
 import os
 import random
@@ -37,9 +35,6 @@ RECENT_USAGE_SECONDS = 30.0
 AFFINITY_TRUST_SECONDS = 5.0
 AFFINITY_LOCAL_MAX = 50_000
 AFFINITY_PRUNE_SECONDS = 600.0  # how often a worker deletes expired affinity rows
-
-# The accounts version read in this request with its API key (see ``AccountPool.version_read``).
-_version_read = contextvars.ContextVar("accounts_version_read", default=None)
 
 
 class Account:
@@ -92,30 +87,16 @@ class AccountPool:
 
     # -- the account rows ------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def version_read(self, version):
-        """Within this block (one request, after authentication) the next snapshot check takes
-        ``version``, read from the database in this request, instead of asking again. Only the
-        next: a later check (a failover) must see the cooldowns this request wrote meanwhile."""
-        token = _version_read.set(version)
-        try:
-            yield
-        finally:
-            _version_read.reset(token)
-
-    def _snapshot(self):
-        version = _version_read.get()
+    def _snapshot(self, version=None):
         if version is None:
             version = account_store.version(self._engine)
-        else:
-            _version_read.set(None)
         if version != self._version:
             self._rows = account_store.all_rows(self._engine)
             self._version = version
         return self._rows
 
-    def _usable_rows(self, now):
-        return [row for row in self._snapshot() if row["status"] == account_store.ACTIVE
+    def _usable_rows(self, now, version=None):
+        return [row for row in self._snapshot(version) if row["status"] == account_store.ACTIVE
                 and not (row["cooldown_until"] and row["cooldown_until"] > now)]
 
     def _account(self, row):
@@ -133,15 +114,17 @@ class AccountPool:
 
     # -- choosing ------------------------------------------------------------------------
 
-    def choose(self, cache_key=None, exclude=(), follow=True):
+    def choose(self, cache_key=None, exclude=(), follow=True, version=None):
         """The account for the next attempt, and a dict describing the decision (for the log).
 
         With ``follow``, a ``cache_key`` seen before goes back to its account while that one is
         usable. Without it (a conversation's first turn: no cached prefix to reuse yet) the
-        least busy account serves and is remembered for the turns that follow.
+        least busy account serves and is remembered for the turns that follow. ``version`` is
+        the accounts version read with the request's API key, which spares a query; a failover
+        passes none, so it sees the cooldowns its request wrote.
         """
         now = time.time()
-        usable = [row for row in self._usable_rows(now) if row["id"] not in exclude]
+        usable = [row for row in self._usable_rows(now, version) if row["id"] not in exclude]
         if not usable:
             raise self.unavailable(now)
         sticky = None
