@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from .config import PREFIX, SETTINGS
+from .pool import COOLING_DOWN, NEEDS_RELOGIN, account_state
 from .store import accounts as account_store
 from .store import conversations as conversation_store
 from .store import keys as key_store
@@ -163,9 +164,10 @@ def accounts_import(paths, as_json):
 
 
 def describe_state(row, now):
-    if row["status"] == account_store.ACTIVE and row["cooldown_until"] and row["cooldown_until"] > now:
+    state = account_state(row, now)
+    if state == COOLING_DOWN:
         return "cooling down until " + when(row["cooldown_until"])
-    return {"needs_relogin": "needs re-login"}.get(row["status"], row["status"])
+    return {NEEDS_RELOGIN: "needs re-login"}.get(state, state)
 
 
 def describe_window(window):

@@ -1,12 +1,21 @@
-"""The pool's snapshot of the account rows: checked once per request, with the API key's query."""
+"""The account pool: its snapshot of the rows, the rule of which account serves, the choice
+among them, and each worker's upkeep. Two ``AccountPool`` objects on one database stand for
+two workers."""
 
+import json
+import threading
 import time
 
 import pytest
+from sqlalchemy import select
 
-from responses_proxy.errors import UsageLimitReached
+from responses_proxy.errors import NoAccounts, UsageLimitReached
+from responses_proxy.pool import AccountPool, account_state
 from responses_proxy.store import accounts as account_store
 from responses_proxy.store import keys as key_store
+from responses_proxy.store.tables import worker_load
+from responses_proxy.upstream.credentials import parse_auth_json
+from tests.fake_upstream import auth_json
 
 
 @pytest.fixture
@@ -23,6 +32,29 @@ def version_queries(monkeypatch):
     return calls
 
 
+def add_account(services, **kwargs):
+    return account_store.upsert(services.engine, services.cipher,
+                                parse_auth_json(json.dumps(auth_json(**kwargs)).encode()))[0]
+
+
+def another_worker(services):
+    """A second pool on the same database, as another worker process has one."""
+    return AccountPool(services.engine, services.cipher, services.client,
+                       {**services.settings, "QUOTA_POLL_SECONDS": 0})
+
+
+def wait_for(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return value
+
+
+def load_rows(engine):
+    with engine.connect() as conn:
+        return {(row.worker_id, row.account_id): row.in_flight for row in conn.execute(select(worker_load))}
+
+
 # --- the accounts version read with the API key ---------------------------------------------------
 
 def test_a_request_checks_the_accounts_with_its_key_query(services, api_key, account, version_queries):
@@ -35,11 +67,10 @@ def test_a_request_checks_the_accounts_with_its_key_query(services, api_key, acc
     pool.cool_down(chosen, time.time() + 60, "usage limit")
     with pytest.raises(UsageLimitReached):
         pool.choose(exclude={chosen.id})
-    assert version_queries
+    assert len(version_queries) == 1
 
-    asked = len(version_queries)
     assert pool.first_usable() is None
-    assert len(version_queries) == asked + 1, "outside a request the pool asks for itself"
+    assert len(version_queries) == 2, "outside a request the pool asks for itself"
 
 
 def test_a_cooldown_written_elsewhere_is_seen_by_the_next_request(services, api_key, account, version_queries):
@@ -62,3 +93,80 @@ def test_a_request_through_the_app_reads_the_accounts_version_only_with_its_key(
 
     assert client.post("/v1/responses", json=body, headers=auth).status_code == 200
     assert version_queries == []
+
+
+# --- the one rule of which account serves ---------------------------------------------------------
+
+@pytest.mark.parametrize("status, cooldown, state", [
+    ("active", None, "active"),
+    ("active", -60, "active"),  # a cooldown that is over
+    ("active", 60, "cooling_down"),
+    ("disabled", 60, "disabled"),
+    ("needs_relogin", None, "needs_relogin"),
+])
+def test_account_state(status, cooldown, state):
+    now = time.time()
+    row = {"status": status, "cooldown_until": None if cooldown is None else now + cooldown}
+    assert account_state(row, now) == state
+
+
+def test_no_usable_account_says_why(services):
+    pool = services.pool
+    with pytest.raises(NoAccounts, match="No upstream account is configured"):
+        pool.choose()
+    first, second, third = (add_account(services, account_id=f"acct-{i}") for i in range(3))
+    account_store.set_status(services.engine, first["id"], account_store.DISABLED)
+    account_store.set_status(services.engine, second["id"], account_store.NEEDS_RELOGIN)
+    account_store.set_status(services.engine, third["id"], account_store.NEEDS_RELOGIN)
+    with pytest.raises(NoAccounts) as raised:
+        pool.choose()
+    assert raised.value.message == ("No upstream account can serve: 1 disabled, 2 need a new login "
+                                    "(re-import their auth.json).")
+
+
+# --- least busy, across workers -------------------------------------------------------------------
+
+def test_requests_in_flight_here_count_at_once(services):
+    a = add_account(services, account_id="acct-a")
+    b = add_account(services, account_id="acct-b")
+    pool = services.pool
+    pool.begin(a["id"])
+    assert {pool.choose(f"key {i}")[0].id for i in range(10)} == {b["id"]}
+    pool.begin(b["id"])
+    pool.begin(b["id"])
+    assert pool.choose()[0].id == a["id"]
+    pool.end(b["id"])
+    pool.end(b["id"])
+    pool.end(a["id"])
+
+
+def test_a_cache_key_sticks_while_its_account_is_usable(services):
+    a = add_account(services, account_id="acct-a")
+    add_account(services, account_id="acct-b")
+    pool = services.pool
+    home, decision = pool.choose("thread-1")
+    assert decision["affinity"] == "new"
+    pool.begin(home.id)  # busier now, but the cache lives there
+    assert pool.choose("thread-1") == (home, {"event": "account", "account": home.id, "affinity": "hit"})
+    # Another worker finds it there too.
+    assert another_worker(services).choose("thread-1")[0].id == home.id
+
+    account_store.set_cooldown(services.engine, home.id, time.time() + 60, "usage limit")
+    moved, decision = pool.choose("thread-1")
+    assert moved.id != home.id and decision["affinity"] == "moved"
+    pool.end(home.id)
+    assert a["id"] in (home.id, moved.id)
+
+
+# --- each worker's upkeep ---------------------------------------------------------------------------
+
+def test_close_takes_this_workers_counts_out(services):
+    account = add_account(services)
+    pool = another_worker(services)
+    pool.start_maintenance()
+    pool.begin(account["id"])
+    assert wait_for(lambda: load_rows(services.engine))
+    pool.close()
+    assert load_rows(services.engine) == {}
+    assert wait_for(lambda: not [thread for thread in threading.enumerate() if thread.name == "pool-upkeep"]), \
+        "close stops the upkeep"

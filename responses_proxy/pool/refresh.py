@@ -1,0 +1,99 @@
+"""Refreshing an account's tokens: one process at a time, across every worker and host.
+
+The refresh token rotates: a second refresh with the old one fails for good. So a process
+refreshes only while it holds the account's refresh lock (a lease in the database). The
+others wait for its result, or take over once a dead holder's lease has run out.
+"""
+
+import os
+import secrets
+import time
+
+import requests
+
+from ..store import accounts as account_store
+from ..upstream.oauth import RefreshFailed, refresh_tokens
+
+REFRESH_LEASE_SECONDS = 30.0
+# How long a request waits for another process's refresh before trying another account.
+REFRESH_WAIT_SECONDS = REFRESH_LEASE_SECONDS + 5.0
+REFRESH_BACKOFF_SECONDS = 60.0
+
+
+class Refresher:
+    def __init__(self, engine, cipher, snapshot, worker, auth_base_url, margin, max_age):
+        self._engine = engine
+        self._cipher = cipher
+        self._snapshot = snapshot
+        self._worker = worker
+        self._auth_base_url = auth_base_url
+        self._margin = margin
+        self._max_age = max_age
+        self._session = None
+        self._session_pid = None
+        self._backoff = {}  # account id -> until when an optional refresh is not retried
+
+    def needs_refresh(self, account, now=None):
+        """Whether to refresh before use: the token expires soon or is old. After a refresh
+        that failed for a passing reason, a still-valid token is used without trying again
+        for a while (else every request would retry it)."""
+        now = time.time() if now is None else now
+        expires = account.access_expires_at
+        if expires is not None and expires <= now:
+            return True
+        if now < self._backoff.get(account.id, 0):
+            return False
+        if expires is not None and expires - now < self._margin:
+            return True
+        return account.last_refresh is not None and now - account.last_refresh > self._max_age
+
+    def refresh(self, account, optional=False):
+        """New tokens for ``account``: refreshed here, or by whichever process holds the lock.
+
+        The others wait for the result, unless the refresh is ``optional`` (the current token
+        still works): then they go on with it. Raises ``RefreshFailed`` (``permanent`` when
+        the account needs a new login).
+        """
+        try:
+            return self._refresh(account, optional)
+        except RefreshFailed as exc:
+            if not exc.permanent:
+                self._backoff[account.id] = time.time() + REFRESH_BACKOFF_SECONDS
+            raise
+
+    def _refresh(self, account, optional):
+        stale = account.tokens["access_token"]
+        owner = f"{self._worker.id}:{secrets.token_hex(4)}"
+        deadline = time.monotonic() + REFRESH_WAIT_SECONDS
+        while not account_store.try_lock_refresh(self._engine, account.id, owner, REFRESH_LEASE_SECONDS):
+            if optional:
+                raise RefreshFailed("another process is refreshing this account", permanent=False)
+            if time.monotonic() > deadline:
+                raise RefreshFailed("another process is still refreshing this account", permanent=False)
+            time.sleep(0.1)
+            row = account_store.read(self._engine, account.id)
+            if row is None or row["status"] == account_store.NEEDS_RELOGIN:
+                raise RefreshFailed("the account needs a new login", permanent=True)
+            current = self._snapshot.account(row)
+            if row["refresh_lock_owner"] is None and current.tokens["access_token"] != stale:
+                return current  # the other process succeeded
+        row = account_store.read(self._engine, account.id)
+        current = self._snapshot.account(row)
+        if current.tokens["access_token"] != stale:  # refreshed meanwhile: nothing to do
+            account_store.release_refresh(self._engine, account.id, owner, None)
+            return current
+        try:
+            fresh, expires = refresh_tokens(self._http(), self._auth_base_url, current.tokens)
+        except RefreshFailed as exc:
+            account_store.release_refresh(self._engine, account.id, owner, str(exc),
+                                          account_store.NEEDS_RELOGIN if exc.permanent else None)
+            raise
+        if not account_store.save_refreshed(self._engine, self._cipher, account.id, owner, fresh, expires):
+            raise RefreshFailed("the refresh lock expired before the new tokens were stored", permanent=False)
+        return self._snapshot.account(account_store.read(self._engine, account.id))
+
+    def _http(self):
+        # Not the upstream client's session: the auth server is another host, with other settings.
+        if self._session is None or self._session_pid != os.getpid():
+            self._session, self._session_pid = requests.Session(), os.getpid()
+        return self._session

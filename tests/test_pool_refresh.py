@@ -1,0 +1,49 @@
+"""Token refresh against the fake auth server: one refresher at a time across processes."""
+
+import json
+
+import pytest
+
+from responses_proxy.pool import refresh
+from responses_proxy.store import accounts as account_store
+from responses_proxy.upstream.credentials import parse_auth_json
+from tests.fake_upstream import auth_json
+
+
+@pytest.fixture
+def account(services):
+    """An account whose access token has expired: it must be refreshed before use."""
+    row, _ = account_store.upsert(services.engine, services.cipher, parse_auth_json(json.dumps(
+        auth_json(expires_in=-60, refresh_token="rt-first")).encode()))
+    return row
+
+
+def current(pool, account_id):
+    return next(account for account in pool.snapshot() if account.id == account_id)
+
+
+def stored(services, account_id):
+    row = account_store.read(services.engine, account_id)
+    return row, account_store.tokens(services.cipher, row)
+
+
+def refresh_calls(upstream):
+    return [request for request in upstream.requests if request["path"].endswith("/oauth/token")]
+
+
+def test_a_refresh_stores_the_new_tokens(services, upstream, account):
+    old = current(services.pool, account["id"])
+    fresh = services.pool.refresh(old)
+    assert fresh.tokens["access_token"] != old.tokens["access_token"]
+    assert fresh.tokens["refresh_token"] == "rt-first-next"
+    row, tokens = stored(services, account["id"])
+    assert tokens == fresh.tokens and row["refresh_lock_owner"] is None
+    assert len(refresh_calls(upstream)) == 1
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(services, upstream, account, monkeypatch):
+    monkeypatch.setattr(refresh, "REFRESH_LEASE_SECONDS", 0.5)
+    assert account_store.try_lock_refresh(services.engine, account["id"], "dead-process", 0.5)
+    fresh = services.pool.refresh(current(services.pool, account["id"]))
+    assert stored(services, account["id"])[1] == fresh.tokens
+    assert len(refresh_calls(upstream)) == 1
