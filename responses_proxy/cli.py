@@ -163,8 +163,8 @@ def accounts_import(paths, as_json):
         f"({row['email'] or 'no email'}, plan {row['plan'] or 'unknown'})" for row in results))
 
 
-def describe_state(row, now):
-    state = account_state(row, now)
+def describe_state(row, now, readable=True):
+    state = account_state(row, now, readable)
     if state == COOLING_DOWN:
         return "cooling down until " + when(row["cooldown_until"])
     return {NEEDS_RELOGIN: "needs re-login"}.get(state, state)
@@ -181,16 +181,21 @@ def describe_window(window):
 @json_option
 @uses_database
 def accounts_list(as_json):
-    """List accounts: state, recent use, plan windows, last error."""
+    """List accounts: state, recent use, plan windows, last error.
+
+    The state is the gateway's own verdict, tokens that this key cannot decrypt included
+    (``problem`` says so).
+    """
     engine = services().engine
     now = time.time()
     hour = usage_store.per_account(engine, now - 3600)
     day = usage_store.per_account(engine, now - 86400)
     rows = []
-    for row in account_store.list_all(engine):
+    for account in services().pool.snapshot():
+        row = account_store.public(account.row)
         requests_hour, tokens_hour = hour.get(row["id"], (0, 0))
         requests_day, tokens_day = day.get(row["id"], (0, 0))
-        rows.append({**row, "state": describe_state(row, now),
+        rows.append({**row, "state": describe_state(row, now, account.tokens is not None), "problem": account.problem,
                      "last_hour": {"requests": requests_hour, "tokens": tokens_hour},
                      "last_day": {"requests": requests_day, "tokens": tokens_day}})
     emit(rows, as_json, table(
@@ -198,7 +203,7 @@ def accounts_list(as_json):
           f"{row['last_hour']['requests']}/{row['last_hour']['tokens']}",
           f"{row['last_day']['requests']}/{row['last_day']['tokens']}",
           describe_window((row["quota"] or {}).get("primary")), describe_window((row["quota"] or {}).get("secondary")),
-          (row["last_error"] or "-")[:60]) for row in rows],
+          (row["problem"] or row["last_error"] or "-")[:60]) for row in rows],
         ("ID", "EMAIL", "PLAN", "STATUS", "1H REQ/TOK", "24H REQ/TOK", "PRIMARY", "SECONDARY", "LAST ERROR")))
 
 

@@ -3,17 +3,19 @@ among them, and each worker's upkeep. Two ``AccountPool`` objects on one databas
 two workers."""
 
 import json
+import logging
 import threading
 import time
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
+from responses_proxy.crypto import TokenCipher, fernet_key
 from responses_proxy.errors import NoAccounts, UsageLimitReached
 from responses_proxy.pool import AccountPool, account_state
 from responses_proxy.store import accounts as account_store
 from responses_proxy.store import keys as key_store
-from responses_proxy.store.tables import worker_load
+from responses_proxy.store.tables import accounts, worker_load
 from responses_proxy.upstream.credentials import parse_auth_json
 from tests.fake_upstream import auth_json
 
@@ -41,6 +43,14 @@ def another_worker(services):
     """A second pool on the same database, as another worker process has one."""
     return AccountPool(services.engine, services.cipher, services.client,
                        {**services.settings, "QUOTA_POLL_SECONDS": 0})
+
+
+def scramble_tokens(engine, account_id):
+    """Tokens encrypted with another key, as a host started with the wrong secret sees them."""
+    foreign = TokenCipher(fernet_key("some other key")).encrypt(b'{"access_token": "x", "refresh_token": "y"}')
+    with engine.begin() as conn:
+        conn.execute(update(accounts).where(accounts.c.id == account_id).values(
+            tokens=foreign, updated_at=time.time()))
 
 
 def wait_for(predicate, timeout=5.0):
@@ -97,17 +107,20 @@ def test_a_request_through_the_app_reads_the_accounts_version_only_with_its_key(
 
 # --- the one rule of which account serves ---------------------------------------------------------
 
-@pytest.mark.parametrize("status, cooldown, state", [
-    ("active", None, "active"),
-    ("active", -60, "active"),  # a cooldown that is over
-    ("active", 60, "cooling_down"),
-    ("disabled", 60, "disabled"),
-    ("needs_relogin", None, "needs_relogin"),
+@pytest.mark.parametrize("status, cooldown, readable, state", [
+    ("active", None, True, "active"),
+    ("active", -60, True, "active"),  # a cooldown that is over
+    ("active", 60, True, "cooling_down"),
+    ("active", 60, False, "needs_relogin"),
+    ("active", None, False, "needs_relogin"),
+    ("disabled", 60, True, "disabled"),
+    ("disabled", None, False, "disabled"),
+    ("needs_relogin", None, True, "needs_relogin"),
 ])
-def test_account_state(status, cooldown, state):
+def test_account_state(status, cooldown, readable, state):
     now = time.time()
     row = {"status": status, "cooldown_until": None if cooldown is None else now + cooldown}
-    assert account_state(row, now) == state
+    assert account_state(row, now, readable) == state
 
 
 def test_no_usable_account_says_why(services):
@@ -117,11 +130,50 @@ def test_no_usable_account_says_why(services):
     first, second, third = (add_account(services, account_id=f"acct-{i}") for i in range(3))
     account_store.set_status(services.engine, first["id"], account_store.DISABLED)
     account_store.set_status(services.engine, second["id"], account_store.NEEDS_RELOGIN)
-    account_store.set_status(services.engine, third["id"], account_store.NEEDS_RELOGIN)
+    scramble_tokens(services.engine, third["id"])
     with pytest.raises(NoAccounts) as raised:
         pool.choose()
     assert raised.value.message == ("No upstream account can serve: 1 disabled, 2 need a new login "
                                     "(re-import their auth.json).")
+
+
+# --- tokens this process cannot decrypt -----------------------------------------------------------
+
+@pytest.fixture
+def pool_log():
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("responses_proxy.pool.accounts")
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
+
+
+def test_an_account_whose_tokens_cannot_be_decrypted_is_skipped(services, pool_log):
+    pool = services.pool
+    broken = add_account(services, account_id="acct-broken")
+    good = add_account(services, account_id="acct-good")
+    scramble_tokens(services.engine, broken["id"])
+
+    assert {pool.choose(f"key {i}")[0].id for i in range(20)} == {good["id"]}
+    assert pool.first_usable().id == good["id"]
+    listed = {account.id: account for account in pool.snapshot()}
+    assert listed[broken["id"]].state(time.time()) == "needs_relogin"
+    assert "cannot be decrypted" in listed[broken["id"]].problem
+    assert listed[good["id"]].problem is None
+
+    # The row itself is not marked: another host, with the right key, still uses it.
+    assert account_store.read(services.engine, broken["id"])["status"] == "active"
+
+    # Logged once, not at every reload of the rows.
+    account_store.set_cooldown(services.engine, good["id"], time.time() - 1, "reset")
+    pool.choose()
+    assert [record.fields["account"] for record in pool_log] == [broken["id"]]
+
+    account_store.set_cooldown(services.engine, good["id"], time.time() + 60, "usage limit")
+    with pytest.raises(UsageLimitReached):
+        pool.choose()
 
 
 # --- least busy, across workers -------------------------------------------------------------------

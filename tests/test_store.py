@@ -138,7 +138,7 @@ def test_upsert_creates_an_account(engine, cipher):
         "acct-1", "a@example.com", "pro", "active")
     assert row["access_expires_at"] > time.time()
     assert "tokens" not in row
-    assert [entry["id"] for entry in account_store.list_all(engine)] == [row["id"]]
+    assert [entry["id"] for entry in account_store.all_rows(engine)] == [row["id"]]
 
 
 def test_upsert_same_chatgpt_account_updates_without_duplicating(engine, cipher):
@@ -169,7 +169,7 @@ def test_different_chatgpt_accounts_are_different_rows(engine, cipher):
     first, _ = account_store.upsert(engine, cipher, credentials(account_id="acct-1"))
     second, created = account_store.upsert(engine, cipher, credentials(account_id="acct-2"))
     assert created is True and second["id"] != first["id"]
-    assert {row["chatgpt_account_id"] for row in account_store.list_all(engine)} == {"acct-1", "acct-2"}
+    assert {row["chatgpt_account_id"] for row in account_store.all_rows(engine)} == {"acct-1", "acct-2"}
 
 
 def test_tokens_are_encrypted_at_rest(engine, cipher):

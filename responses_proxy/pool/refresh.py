@@ -75,12 +75,15 @@ class Refresher:
             if row is None or row["status"] == account_store.NEEDS_RELOGIN:
                 raise RefreshFailed("the account needs a new login", permanent=True)
             current = self._snapshot.account(row)
-            if row["refresh_lock_owner"] is None and current.tokens["access_token"] != stale:
+            if row["refresh_lock_owner"] is None and current.tokens and current.tokens["access_token"] != stale:
                 return current  # the other process succeeded
         row = account_store.read(self._engine, account.id)
         current = self._snapshot.account(row)
-        if current.tokens["access_token"] != stale:  # refreshed meanwhile: nothing to do
-            account_store.release_refresh(self._engine, account.id, owner, None)
+        if current.tokens is None or current.tokens["access_token"] != stale:
+            # Refreshed meanwhile, or nothing to refresh with.
+            account_store.release_refresh(self._engine, account.id, owner, current.problem)
+            if current.tokens is None:
+                raise RefreshFailed(current.problem, permanent=False)
             return current
         try:
             fresh, expires = refresh_tokens(self._http(), self._auth_base_url, current.tokens)

@@ -48,12 +48,6 @@ def upsert(engine, cipher, credentials):
     return public(row), created
 
 
-def list_all(engine):
-    with engine.connect() as conn:
-        rows = conn.execute(select(accounts).order_by(accounts.c.created_at)).mappings().all()
-    return [public(row) for row in rows]
-
-
 def remove(engine, account_id):
     with engine.begin() as conn:
         return conn.execute(delete(accounts).where(accounts.c.id == account_id)).rowcount == 1
