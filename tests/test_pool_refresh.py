@@ -7,6 +7,7 @@ import pytest
 from responses_proxy.pool import refresh
 from responses_proxy.store import accounts as account_store
 from responses_proxy.upstream.credentials import parse_auth_json
+from responses_proxy.upstream.oauth import RefreshFailed
 from tests.fake_upstream import auth_json
 
 
@@ -47,3 +48,14 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(services, upstream, account
     fresh = services.pool.refresh(current(services.pool, account["id"]))
     assert stored(services, account["id"])[1] == fresh.tokens
     assert len(refresh_calls(upstream)) == 1
+
+
+def test_a_redirect_is_never_followed(services, upstream, account):
+    elsewhere = upstream.base_url + "/elsewhere/oauth/token"
+    upstream.push({"status": 307, "headers": {"Location": elsewhere}, "body": {}}, account="refresh")
+    with pytest.raises(RefreshFailed, match="redirect") as raised:
+        services.pool.refresh(current(services.pool, account["id"]))
+    assert not raised.value.permanent
+    assert [call["path"] for call in refresh_calls(upstream)] == ["/oauth/token"], "the token went nowhere else"
+    row = account_store.read(services.engine, account["id"])
+    assert row["status"] == "active" and row["refresh_lock_owner"] is None
