@@ -1,12 +1,16 @@
 """Refreshing an account's tokens: one process at a time, across every worker and host.
 
 The refresh token rotates: a second refresh with the old one fails for good. So a process
-refreshes only while it holds the account's refresh lock (a lease in the database). The
-others wait for its result, or take over once a dead holder's lease has run out.
+refreshes only while it holds the account's refresh lock (a lease in the database), and renews
+the lease while the auth server thinks. The others wait for its result, or take over once a
+dead holder's lease has run out.
 """
 
+import contextlib
+import logging
 import os
 import secrets
+import threading
 import time
 
 import requests
@@ -14,9 +18,14 @@ import requests
 from ..store import accounts as account_store
 from ..upstream.oauth import RefreshFailed, refresh_tokens
 
-REFRESH_LEASE_SECONDS = 30.0
+log = logging.getLogger(__name__)
+
+REFRESH_TIMEOUT = (10, 30)  # connect, read: the longest a refresh call can take is about their sum
+# A dead holder's lock is free again after this; a live one renews it every few seconds.
+REFRESH_LEASE_SECONDS = 15.0
+REFRESH_RENEW_SECONDS = 5.0
 # How long a request waits for another process's refresh before trying another account.
-REFRESH_WAIT_SECONDS = REFRESH_LEASE_SECONDS + 5.0
+REFRESH_WAIT_SECONDS = sum(REFRESH_TIMEOUT) + 5.0
 REFRESH_BACKOFF_SECONDS = 60.0
 
 
@@ -77,23 +86,47 @@ class Refresher:
             current = self._snapshot.account(row)
             if row["refresh_lock_owner"] is None and current.tokens and current.tokens["access_token"] != stale:
                 return current  # the other process succeeded
-        row = account_store.read(self._engine, account.id)
-        current = self._snapshot.account(row)
-        if current.tokens is None or current.tokens["access_token"] != stale:
-            # Refreshed meanwhile, or nothing to refresh with.
-            account_store.release_refresh(self._engine, account.id, owner, current.problem)
-            if current.tokens is None:
-                raise RefreshFailed(current.problem, permanent=False)
-            return current
-        try:
-            fresh, expires = refresh_tokens(self._http(), self._auth_base_url, current.tokens)
-        except RefreshFailed as exc:
-            account_store.release_refresh(self._engine, account.id, owner, str(exc),
-                                          account_store.NEEDS_RELOGIN if exc.permanent else None)
-            raise
-        if not account_store.save_refreshed(self._engine, self._cipher, account.id, owner, fresh, expires):
-            raise RefreshFailed("the refresh lock expired before the new tokens were stored", permanent=False)
+        with self._lease_kept(account.id, owner):
+            row = account_store.read(self._engine, account.id)
+            if row is None:
+                raise RefreshFailed("the account was removed", permanent=True)
+            current = self._snapshot.account(row)
+            if current.tokens is None or current.tokens["access_token"] != stale:
+                # Refreshed meanwhile, or nothing to refresh with.
+                account_store.release_refresh(self._engine, account.id, owner, current.problem)
+                if current.tokens is None:
+                    raise RefreshFailed(current.problem, permanent=False)
+                return current
+            try:
+                fresh, expires = refresh_tokens(self._http(), self._auth_base_url, current.tokens, REFRESH_TIMEOUT)
+            except RefreshFailed as exc:
+                account_store.release_refresh(self._engine, account.id, owner, str(exc),
+                                              account_store.NEEDS_RELOGIN if exc.permanent else None)
+                raise
+            if not account_store.save_refreshed(self._engine, self._cipher, account.id, owner, fresh, expires):
+                raise RefreshFailed("the refresh lock expired before the new tokens were stored", permanent=False)
         return self._snapshot.account(account_store.read(self._engine, account.id))
+
+    @contextlib.contextmanager
+    def _lease_kept(self, account_id, owner):
+        """Renew the refresh lock in the background until the block ends: a refresh may take
+        longer than the lease, and nobody else may refresh with the same token meanwhile."""
+        done = threading.Event()
+
+        def renew():
+            while not done.wait(REFRESH_RENEW_SECONDS):
+                try:
+                    if not account_store.renew_refresh(self._engine, account_id, owner, REFRESH_LEASE_SECONDS):
+                        return
+                except Exception:
+                    log.warning("could not renew the refresh lock", exc_info=True,
+                                extra={"fields": {"account": account_id}})
+
+        threading.Thread(target=renew, name="refresh-lease", daemon=True).start()
+        try:
+            yield
+        finally:
+            done.set()
 
     def _http(self):
         # Not the upstream client's session: the auth server is another host, with other settings.

@@ -37,3 +37,10 @@ def take_lease(engine, table, row_id, until, owner_column, owner, seconds):
         return conn.execute(update(table).where(
             table.c.id == row_id, or_(until.is_(None), until < now),
         ).values({until: now + seconds, owner_column: owner})).rowcount == 1
+
+
+def renew_lease(engine, table, row_id, until, owner_column, owner, seconds):
+    """Extend ``owner``'s lease on a row; False when it is no longer theirs."""
+    with engine.begin() as conn:
+        return conn.execute(update(table).where(table.c.id == row_id, owner_column == owner).values(
+            {until: time.time() + seconds})).rowcount == 1

@@ -6,7 +6,7 @@ import time
 import orjson
 from sqlalchemy import delete, func, insert, or_, select, update
 
-from . import take_lease
+from . import renew_lease, take_lease
 from .tables import accounts
 
 ACTIVE, DISABLED, NEEDS_RELOGIN = "active", "disabled", "needs_relogin"
@@ -113,6 +113,12 @@ def try_lock_refresh(engine, account_id, owner, hold_seconds):
     """Take the account's refresh lock unless another process holds a live one."""
     return take_lease(engine, accounts, account_id, accounts.c.refresh_lock_until, accounts.c.refresh_lock_owner,
                       owner, hold_seconds)
+
+
+def renew_refresh(engine, account_id, owner, hold_seconds):
+    """Keep holding the refresh lock; False when it is no longer ``owner``'s."""
+    return renew_lease(engine, accounts, account_id, accounts.c.refresh_lock_until, accounts.c.refresh_lock_owner,
+                       owner, hold_seconds)
 
 
 def save_refreshed(engine, cipher, account_id, owner, tokens, access_expires_at):

@@ -6,7 +6,7 @@ import time
 import orjson
 from sqlalchemy import delete, func, insert, select, update
 
-from . import take_lease
+from . import renew_lease, take_lease
 from .tables import conversation_items, conversations
 
 ID_PREFIXES = {"message": "msg", "function_call_output": "fco", "function_call": "fc", "reasoning": "rs"}
@@ -65,10 +65,8 @@ def acquire_turn(engine, conversation_id, owner, lease):
 
 
 def renew_turn(engine, conversation_id, owner, lease):
-    with engine.begin() as conn:
-        conn.execute(update(conversations).where(
-            conversations.c.id == conversation_id, conversations.c.busy_owner == owner,
-        ).values(busy_until=time.time() + lease))
+    renew_lease(engine, conversations, conversation_id, conversations.c.busy_until, conversations.c.busy_owner,
+                owner, lease)
 
 
 def release_turn(engine, conversation_id, owner):
