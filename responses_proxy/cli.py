@@ -16,8 +16,8 @@ from .config import PREFIX, SETTINGS
 from .pool import COOLING_DOWN, NEEDS_RELOGIN, account_state
 from .store import accounts as account_store
 from .store import conversations as conversation_store
+from .store import describe_error, migrate
 from .store import keys as key_store
-from .store import migrate
 from .store import usage as usage_store
 from .upstream.credentials import CredentialsError, parse_auth_json
 
@@ -37,7 +37,7 @@ class Command(click.Command):
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except SQLAlchemyError as exc:
-            raise click.ClickException(f"database error ({database_of(ctx)}): {migrate.describe_error(exc)}") \
+            raise click.ClickException(f"database error ({database_of(ctx)}): {describe_error(exc)}") \
                 from None
         except Exception as exc:  # an operator gets a sentence, not a stack
             raise click.ClickException(f"{type(exc).__name__}: {exc}") from None

@@ -1,9 +1,9 @@
 """Refreshing an account's tokens: one process at a time, across every worker and host.
 
 The refresh token rotates: a second refresh with the old one fails for good. So a process
-refreshes only while it holds the account's refresh lock (a lease in the database), and renews
-the lease while the auth server thinks. The others wait for its result, or take over once a
-dead holder's lease has run out.
+refreshes only while it holds the account's refresh lock (a lease in the database), renews the
+lease while the auth server thinks, and stores whatever new tokens it got. The others wait
+for its result, or take over once a dead holder's lease has run out.
 """
 
 import contextlib
@@ -14,8 +14,10 @@ import threading
 import time
 
 import requests
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from ..store import accounts as account_store
+from ..store import describe_error
 from ..upstream.oauth import RefreshFailed, refresh_tokens
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,8 @@ REFRESH_RENEW_SECONDS = 5.0
 # How long a request waits for another process's refresh before trying another account.
 REFRESH_WAIT_SECONDS = sum(REFRESH_TIMEOUT) + 5.0
 REFRESH_BACKOFF_SECONDS = 60.0
+# Storing new tokens is retried this many times, this far apart: they are the only login left.
+SAVE_RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
 
 
 class Refresher:
@@ -101,10 +105,10 @@ class Refresher:
                 fresh, expires = refresh_tokens(self._http(), self._auth_base_url, current.tokens, REFRESH_TIMEOUT)
             except RefreshFailed as exc:
                 account_store.release_refresh(self._engine, account.id, owner, str(exc),
-                                              account_store.NEEDS_RELOGIN if exc.permanent else None)
+                                              account_store.NEEDS_RELOGIN if exc.permanent else None, row["tokens"])
                 raise
-            if not account_store.save_refreshed(self._engine, self._cipher, account.id, owner, fresh, expires):
-                raise RefreshFailed("the refresh lock expired before the new tokens were stored", permanent=False)
+            if not self._save(account.id, owner, fresh, expires):
+                raise RefreshFailed("the account was removed", permanent=True)
         return self._snapshot.account(account_store.read(self._engine, account.id))
 
     @contextlib.contextmanager
@@ -127,6 +131,22 @@ class Refresher:
             yield
         finally:
             done.set()
+
+    def _save(self, account_id, owner, fresh, expires):
+        """Store new tokens, retrying while the database fails for a moment."""
+        delays = iter(SAVE_RETRY_DELAYS)
+        while True:
+            try:
+                return account_store.save_refreshed(self._engine, self._cipher, account_id, owner, fresh, expires)
+            except (OperationalError, InterfaceError) as exc:
+                fields = {"account": account_id, "reason": describe_error(exc)}
+                delay = next(delays, None)
+                if delay is None:
+                    log.error("new tokens could not be stored; the account will need a new login",
+                              extra={"fields": fields})
+                    raise RefreshFailed("the new tokens could not be stored", permanent=False) from None
+                log.warning("storing new tokens failed; retrying", extra={"fields": fields})
+                time.sleep(delay)
 
     def _http(self):
         # Not the upstream client's session: the auth server is another host, with other settings.

@@ -29,6 +29,13 @@ def make_engine(url):
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=20)
 
 
+def describe_error(exc):
+    """The first line of a database error, without the SQL and its parameters."""
+    original = getattr(exc, "orig", None) or exc
+    lines = str(original).strip().splitlines()
+    return f"{type(original).__name__}: {lines[0] if lines else 'no detail'}"
+
+
 def take_lease(engine, table, row_id, until, owner_column, owner, seconds):
     """Mark a row held by ``owner`` for ``seconds`` unless someone else holds a live lease on
     it (one conditional UPDATE, so two processes never both win); True when taken."""

@@ -4,7 +4,7 @@ import secrets
 import time
 
 import orjson
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import case, delete, func, insert, or_, select, update
 
 from . import renew_lease, take_lease
 from .tables import accounts
@@ -122,23 +122,33 @@ def renew_refresh(engine, account_id, owner, hold_seconds):
 
 
 def save_refreshed(engine, cipher, account_id, owner, tokens, access_expires_at):
-    """Store rotated tokens and release the lock, in one statement (all or nothing)."""
+    """Store rotated tokens, and release the lock if ``owner`` still holds it, in one statement.
+
+    Stored even when the lock was lost meanwhile: the auth server has already retired the old
+    refresh token, so the new one is the only login left. An account marked for a new login by
+    a refresh that used the old token serves again. False when the account no longer exists.
+    """
     now = time.time()
+    mine = accounts.c.refresh_lock_owner == owner
     with engine.begin() as conn:
-        return conn.execute(update(accounts).where(
-            accounts.c.id == account_id, accounts.c.refresh_lock_owner == owner,
-        ).values(tokens=cipher.encrypt(orjson.dumps(tokens)), access_expires_at=access_expires_at,
-                 last_refresh=now, refresh_lock_until=None, refresh_lock_owner=None, updated_at=now,
-                 last_error=None, last_error_at=None)).rowcount == 1
+        return conn.execute(update(accounts).where(accounts.c.id == account_id).values(
+            tokens=cipher.encrypt(orjson.dumps(tokens)), access_expires_at=access_expires_at, last_refresh=now,
+            refresh_lock_until=case((mine, None), else_=accounts.c.refresh_lock_until),
+            refresh_lock_owner=case((mine, None), else_=accounts.c.refresh_lock_owner),
+            status=case((accounts.c.status == NEEDS_RELOGIN, ACTIVE), else_=accounts.c.status),
+            updated_at=now, last_error=None, last_error_at=None)).rowcount == 1
 
 
-def release_refresh(engine, account_id, owner, error, status=None):
+def release_refresh(engine, account_id, owner, error, status=None, used_tokens=None):
+    """Give the refresh lock back, noting ``error``. ``status`` is only set while the stored tokens
+    are still ``used_tokens`` (the ciphertext the failed refresh started from): a refresh that
+    failed with an old token says nothing about the tokens another process stored since."""
     now = time.time()
     values = {"refresh_lock_until": None, "refresh_lock_owner": None, "updated_at": now}
     if error:
         values.update(last_error=error, last_error_at=now)
     if status:
-        values["status"] = status
+        values["status"] = case((accounts.c.tokens == used_tokens, status), else_=accounts.c.status)
     with engine.begin() as conn:
         conn.execute(update(accounts).where(
             accounts.c.id == account_id, accounts.c.refresh_lock_owner == owner).values(**values))
