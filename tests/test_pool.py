@@ -12,9 +12,11 @@ from sqlalchemy import select, update
 
 from responses_proxy.crypto import TokenCipher, fernet_key
 from responses_proxy.errors import NoAccounts, UsageLimitReached
-from responses_proxy.pool import AccountPool, account_state
+from responses_proxy.pool import AccountPool, account_state, selection, upkeep
 from responses_proxy.store import accounts as account_store
 from responses_proxy.store import keys as key_store
+from responses_proxy.store import pool_state
+from responses_proxy.store import usage as usage_store
 from responses_proxy.store.tables import accounts, worker_load
 from responses_proxy.upstream.credentials import parse_auth_json
 from tests.fake_upstream import auth_json
@@ -178,6 +180,25 @@ def test_an_account_whose_tokens_cannot_be_decrypted_is_skipped(services, pool_l
 
 # --- least busy, across workers -------------------------------------------------------------------
 
+def usage_row(account_id):
+    return {"created_at": time.time(), "request_id": "req", "key_id": "key", "account_id": account_id,
+            "model": "gpt-5.2", "stream": False, "status": 200, "total_tokens": 10, "duration_ms": 10.0}
+
+
+def test_a_request_in_flight_on_another_worker_is_seen_at_once(services):
+    a = add_account(services, account_id="acct-a")
+    b = add_account(services, account_id="acct-b")
+    # b served more lately: while nothing is in flight, a is the one to choose.
+    usage_store.insert_many(services.engine, [usage_row(b["id"])] * 3)
+    pool = services.pool
+    assert pool.choose()[0].id == a["id"]
+
+    pool_state.report_load(services.engine, "another-worker", {a["id"]: 1})
+    time.sleep(selection.REMOTE_LOAD_SECONDS * 2)
+
+    assert pool.choose()[0].id == b["id"]
+
+
 def test_requests_in_flight_here_count_at_once(services):
     a = add_account(services, account_id="acct-a")
     b = add_account(services, account_id="acct-b")
@@ -212,6 +233,28 @@ def test_a_cache_key_sticks_while_its_account_is_usable(services):
 
 # --- each worker's upkeep ---------------------------------------------------------------------------
 
+def upkeep_threads():
+    return [thread for thread in threading.enumerate() if thread.name == "pool-upkeep"]
+
+
+def test_the_upkeep_reports_a_change_in_flight_without_waiting_for_its_round(services, monkeypatch):
+    monkeypatch.setattr(upkeep, "UPKEEP_ROUND_SECONDS", 3600.0)
+    account = add_account(services)
+    pool = another_worker(services)
+    pool.start_maintenance()
+    try:
+        pool.begin(account["id"])
+        assert wait_for(lambda: list(load_rows(services.engine).values()) == [1])
+        pool.begin(account["id"])
+        assert wait_for(lambda: list(load_rows(services.engine).values()) == [2])
+        pool.end(account["id"])
+        pool.end(account["id"])
+        assert wait_for(lambda: load_rows(services.engine) == {})
+    finally:
+        pool.close()
+    assert wait_for(lambda: not upkeep_threads()), "close stops the upkeep"
+
+
 def test_close_takes_this_workers_counts_out(services):
     account = add_account(services)
     pool = another_worker(services)
@@ -220,5 +263,3 @@ def test_close_takes_this_workers_counts_out(services):
     assert wait_for(lambda: load_rows(services.engine))
     pool.close()
     assert load_rows(services.engine) == {}
-    assert wait_for(lambda: not [thread for thread in threading.enumerate() if thread.name == "pool-upkeep"]), \
-        "close stops the upkeep"

@@ -2,12 +2,15 @@
 
 import collections
 import random
+import threading
 
 from ..store import pool_state
 from ..store import usage as usage_store
 from .upkeep import LOAD_STALE_SECONDS
 
-REMOTE_LOAD_SECONDS = 1.0  # how often the other workers' in-flight counts are re-read
+# How old the other workers' in-flight counts may be when a request is placed: re-read this
+# often (one small query), so a stream opened on another worker is seen at once.
+REMOTE_LOAD_SECONDS = 0.1
 RECENT_USAGE_SECONDS = 30.0
 AFFINITY_TRUST_SECONDS = 5.0
 AFFINITY_LOCAL_MAX = 50_000
@@ -27,6 +30,8 @@ class Selector:
         self._worker = worker
         self._affinity_ttl = affinity_ttl
         self.in_flight = collections.Counter()
+        # Set on every change of ``in_flight``: the upkeep wakes and reports it.
+        self.load_changed = threading.Event()
         self._dispatched = collections.Counter()  # requests sent since the recent-usage snapshot
         self._remote_load = {}
         self._remote_load_at = 0.0
@@ -40,11 +45,13 @@ class Selector:
     def begin(self, account_id):
         self.in_flight[account_id] += 1
         self._dispatched[account_id] += 1
+        self.load_changed.set()
 
     def end(self, account_id):
         self.in_flight[account_id] -= 1
         if self.in_flight[account_id] <= 0:
             del self.in_flight[account_id]
+        self.load_changed.set()
 
     # -- choosing ----------------------------------------------------------------------------
 

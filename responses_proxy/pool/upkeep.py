@@ -1,7 +1,9 @@
 """Each worker's background upkeep: what the other workers must know of it, and the plan windows.
 
-One thread (a greenlet under gevent) reports this worker's requests in flight, writes affinity
-timestamps, deletes expired affinity rows and polls the accounts' plan windows, once a round.
+One thread (a greenlet under gevent) reports this worker's requests in flight, waking as soon
+as they change so that other workers see a new stream within milliseconds; a burst of changes
+is one write. It also writes affinity timestamps and deletes expired affinity rows. A second
+one polls the accounts' plan windows, so a slow upstream never holds up the load reports.
 """
 
 import logging
@@ -17,12 +19,14 @@ from ..upstream.client import UpstreamUnavailable
 
 log = logging.getLogger(__name__)
 
-# Readers ignore, and the upkeep deletes, counts older than this; a live worker re-sends its
-# non-zero counts well within it.
+# Readers ignore counts older than this; a live worker re-sends its non-zero counts well within it.
 LOAD_STALE_SECONDS = 10.0
 LOAD_HEARTBEAT_SECONDS = LOAD_STALE_SECONDS / 3
+LOAD_WRITE_GAP_SECONDS = 0.05  # at most one load write per gap: a burst of requests is one write
+# The loop's round: affinity timestamps are written, heartbeats and prunes checked this often.
 UPKEEP_ROUND_SECONDS = 1.0
 AFFINITY_PRUNE_SECONDS = 600.0
+QUOTA_FIRST_POLL_SECONDS = 1.0
 QUOTA_CHECK_SECONDS = 60.0  # how often a worker looks for accounts due a poll (one worker polls each)
 
 
@@ -63,26 +67,37 @@ class Upkeep:
         self._pid = os.getpid()
         self._stop = threading.Event()
         threading.Thread(target=self._keep_up, name="pool-upkeep", daemon=True).start()
+        if self._quota_interval:
+            threading.Thread(target=self._poll_quotas_forever, name="pool-quotas", daemon=True).start()
 
     def close(self):
         """Stop, and take this worker's counts out of the table at once."""
         self._stop.set()
+        self._selector.load_changed.set()
         pool_state.clear_load(self._engine, self._worker.id)
 
     def _keep_up(self):
-        last_quota = last_prune = 0.0
-        while not self._stop.wait(UPKEEP_ROUND_SECONDS):
+        stop, changed = self._stop, self._selector.load_changed
+        next_round = next_affinity_prune = 0.0
+        while not stop.is_set():
+            if changed.wait(max(0.0, next_round - time.monotonic())):
+                # At most one write per gap: a lone change goes out at once, a burst as one write.
+                stop.wait(max(0.0, self._reported_at + LOAD_WRITE_GAP_SECONDS - time.monotonic()))
+            if stop.is_set():
+                break
+            changed.clear()  # before the counts are read: a later change wakes the next round
             try:
                 self.report_load()
-                self.flush_affinity()
-                if time.time() - last_prune > AFFINITY_PRUNE_SECONDS:
-                    last_prune = time.time()
-                    pool_state.affinity_prune(self._engine, last_prune - self._affinity_ttl)
-                if self._quota_interval and time.time() - last_quota > min(self._quota_interval, QUOTA_CHECK_SECONDS):
-                    last_quota = time.time()
-                    self.poll_quotas()
+                now = time.monotonic()
+                if now >= next_round:
+                    next_round = now + UPKEEP_ROUND_SECONDS
+                    self.flush_affinity()
+                if now >= next_affinity_prune:
+                    next_affinity_prune = now + AFFINITY_PRUNE_SECONDS
+                    pool_state.affinity_prune(self._engine, time.time() - self._affinity_ttl)
             except Exception:
                 log.exception("pool upkeep failed")
+                stop.wait(UPKEEP_ROUND_SECONDS)
 
     def report_load(self):
         """Write this worker's in-flight counts when they changed; re-send non-zero ones every
@@ -99,6 +114,15 @@ class Upkeep:
             pool_state.affinity_put(self._engine, [
                 {"cache_key": key, "account_id": account_id, "updated_at": at}
                 for key, (account_id, at) in pending.items()])
+
+    def _poll_quotas_forever(self):
+        pause = QUOTA_FIRST_POLL_SECONDS
+        while not self._stop.wait(pause):
+            try:
+                self.poll_quotas()
+            except Exception:
+                log.exception("quota poll failed")
+            pause = min(self._quota_interval, QUOTA_CHECK_SECONDS)
 
     def poll_quotas(self):
         """Fetch the plan windows of usable accounts not polled for an interval (one worker each)."""

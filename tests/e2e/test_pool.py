@@ -16,6 +16,7 @@ from sqlalchemy import select, update
 from responses_proxy.crypto import TokenCipher, fernet_key
 from responses_proxy.store.tables import accounts
 from tests.conftest import Gateway
+from tests.e2e.conftest import RawStream
 from tests.fake_upstream import auth_json
 
 LIMITED = {"status": 429, "body": {"error": {"type": "usage_limit_reached",
@@ -344,3 +345,22 @@ def test_an_account_whose_tokens_cannot_be_decrypted_leaves_the_others_serving(m
     logged = [line for line in gateway.log(tail=None).splitlines() if "cannot be decrypted" in line]
     assert 1 <= len(logged) <= 2, logged
     assert account_row(gateway, "acct-0")["status"] == "active", "the row is left for a host with the right key"
+
+
+def test_a_stream_in_flight_on_one_worker_steers_the_other_workers_requests(make_gateway, upstream):
+    gateway = make_gateway(2, env={"RESPONSES_PROXY_QUOTA_POLL_SECONDS": "0"})
+    assert ask(gateway)[0] == 200
+    time.sleep(0.5)
+    upstream.push({"stall_at": 3, "stall": 8})  # whichever account serves it next
+    long = RawStream(gateway, {"model": "gpt-5.2", "input": "a long answer"})
+    try:
+        long.read_until(b"response.created")
+        busy = upstream.response_requests()[-1]["headers"]["chatgpt-account-id"]
+        upstream.requests.clear()
+        for i in range(12):
+            # Each on a new connection: the kernel spreads them over both workers.
+            assert ask(gateway, input=f"quick {i}")[0] == 200
+            time.sleep(0.25)
+    finally:
+        long.close()
+    assert served_by(upstream) == {"acct-1" if busy == "acct-0" else "acct-0": 12}
