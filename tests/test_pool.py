@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 
 from responses_proxy.crypto import TokenCipher, fernet_key
 from responses_proxy.errors import NoAccounts, UsageLimitReached
@@ -253,6 +253,21 @@ def test_the_upkeep_reports_a_change_in_flight_without_waiting_for_its_round(ser
     finally:
         pool.close()
     assert wait_for(lambda: not upkeep_threads()), "close stops the upkeep"
+
+
+def test_the_upkeep_deletes_the_counts_of_dead_workers(services):
+    account = add_account(services)
+    now = time.time()
+    with services.engine.begin() as conn:
+        conn.execute(insert(worker_load), [
+            {"worker_id": "dead", "account_id": account["id"], "in_flight": 3, "updated_at": now - 3600},
+            {"worker_id": "alive", "account_id": account["id"], "in_flight": 1, "updated_at": now}])
+    pool = another_worker(services)
+    pool.start_maintenance()
+    try:
+        assert wait_for(lambda: set(load_rows(services.engine)) == {("alive", account["id"])})
+    finally:
+        pool.close()
 
 
 def test_close_takes_this_workers_counts_out(services):

@@ -2,8 +2,9 @@
 
 One thread (a greenlet under gevent) reports this worker's requests in flight, waking as soon
 as they change so that other workers see a new stream within milliseconds; a burst of changes
-is one write. It also writes affinity timestamps and deletes expired affinity rows. A second
-one polls the accounts' plan windows, so a slow upstream never holds up the load reports.
+is one write. It also writes affinity timestamps and deletes what has expired: affinity rows,
+and the in-flight counts of workers that died without clearing them. A second one polls the
+accounts' plan windows, so a slow upstream never holds up the load reports.
 """
 
 import logging
@@ -19,7 +20,8 @@ from ..upstream.client import UpstreamUnavailable
 
 log = logging.getLogger(__name__)
 
-# Readers ignore counts older than this; a live worker re-sends its non-zero counts well within it.
+# Readers ignore, and the upkeep deletes, counts older than this; a live worker re-sends its
+# non-zero counts well within it.
 LOAD_STALE_SECONDS = 10.0
 LOAD_HEARTBEAT_SECONDS = LOAD_STALE_SECONDS / 3
 LOAD_WRITE_GAP_SECONDS = 0.05  # at most one load write per gap: a burst of requests is one write
@@ -78,7 +80,7 @@ class Upkeep:
 
     def _keep_up(self):
         stop, changed = self._stop, self._selector.load_changed
-        next_round = next_affinity_prune = 0.0
+        next_round = next_load_prune = next_affinity_prune = 0.0
         while not stop.is_set():
             if changed.wait(max(0.0, next_round - time.monotonic())):
                 # At most one write per gap: a lone change goes out at once, a burst as one write.
@@ -92,6 +94,9 @@ class Upkeep:
                 if now >= next_round:
                     next_round = now + UPKEEP_ROUND_SECONDS
                     self.flush_affinity()
+                if now >= next_load_prune:
+                    next_load_prune = now + LOAD_STALE_SECONDS
+                    pool_state.prune_load(self._engine, time.time() - LOAD_STALE_SECONDS)
                 if now >= next_affinity_prune:
                     next_affinity_prune = now + AFFINITY_PRUNE_SECONDS
                     pool_state.affinity_prune(self._engine, time.time() - self._affinity_ttl)
