@@ -12,9 +12,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from .config import PREFIX, SETTINGS
+from .pool import COOLING_DOWN, NEEDS_RELOGIN, account_state
 from .services import services
 from .store import accounts as account_store
-from .store import migrate
+from .store import describe_error, migrate
 from .store import usage as usage_store
 from .upstream.credentials import CredentialsError, parse_auth_json
 
@@ -30,7 +31,7 @@ class Command(click.Command):
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except SQLAlchemyError as exc:
-            raise click.ClickException(f"database error ({database_of(ctx)}): {migrate.describe_error(exc)}") \
+            raise click.ClickException(f"database error ({database_of(ctx)}): {describe_error(exc)}") \
                 from None
         except Exception as exc:  # an operator gets a sentence, not a stack
             raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
@@ -113,10 +114,11 @@ def accounts_import(paths, as_json):
         f"({row['email'] or 'no email'}, plan {row['plan'] or 'unknown'})" for row in results))
 
 
-def describe_state(row, now):
-    if row["status"] == account_store.ACTIVE and row["cooldown_until"] and row["cooldown_until"] > now:
+def describe_state(row, now, readable=True):
+    state = account_state(row, now, readable)
+    if state == COOLING_DOWN:
         return "cooling down until " + when(row["cooldown_until"])
-    return {"needs_relogin": "needs re-login"}.get(row["status"], row["status"])
+    return {NEEDS_RELOGIN: "needs re-login"}.get(state, state)
 
 
 def describe_window(window):
@@ -130,16 +132,21 @@ def describe_window(window):
 @json_option
 @uses_database
 def accounts_list(as_json):
-    """List accounts: state, recent use, plan windows, last error."""
+    """List accounts: state, recent use, plan windows, last error.
+
+    The state is the gateway's own verdict, tokens that this key cannot decrypt included
+    (``problem`` says so).
+    """
     engine = services().engine
     now = time.time()
     hour = usage_store.per_account(engine, now - 3600)
     day = usage_store.per_account(engine, now - 86400)
     rows = []
-    for row in account_store.list_all(engine):
+    for account in services().pool.snapshot():
+        row = account_store.public(account.row)
         requests_hour, tokens_hour = hour.get(row["id"], (0, 0))
         requests_day, tokens_day = day.get(row["id"], (0, 0))
-        rows.append({**row, "state": describe_state(row, now),
+        rows.append({**row, "state": describe_state(row, now, account.tokens is not None), "problem": account.problem,
                      "last_hour": {"requests": requests_hour, "tokens": tokens_hour},
                      "last_day": {"requests": requests_day, "tokens": tokens_day}})
     emit(rows, as_json, table(
@@ -147,7 +154,7 @@ def accounts_list(as_json):
           f"{row['last_hour']['requests']}/{row['last_hour']['tokens']}",
           f"{row['last_day']['requests']}/{row['last_day']['tokens']}",
           describe_window((row["quota"] or {}).get("primary")), describe_window((row["quota"] or {}).get("secondary")),
-          (row["last_error"] or "-")[:60]) for row in rows],
+          (row["problem"] or row["last_error"] or "-")[:60]) for row in rows],
         ("ID", "EMAIL", "PLAN", "STATUS", "1H REQ/TOK", "24H REQ/TOK", "PRIMARY", "SECONDARY", "LAST ERROR")))
 
 

@@ -13,11 +13,11 @@ class Services:
         from .conversations.service import ConversationService
         from .crypto import cipher_for
         from .keys.service import KeyService
+        from .pool import AccountPool
         from .responses.service import ResponsesService
         from .store import make_engine
         from .store.recorder import UsageRecorder
         from .upstream.client import UpstreamClient
-        from .upstream.pool import AccountPool
 
         self.settings = config
         self.engine = make_engine(config["DATABASE_URL"])

@@ -304,7 +304,8 @@ class FakeUpstream:
                 behaviour = fake._next("refresh", shared=False) or {}
                 time.sleep(behaviour.get("delay", 0))
                 if behaviour.get("status", 200) != 200:
-                    return self._json(behaviour["status"], behaviour.get("body", {"error": "invalid_grant"}))
+                    return self._json(behaviour["status"], behaviour.get("body", {"error": "invalid_grant"}),
+                                      behaviour.get("headers"))
                 try:
                     form = json.loads(entry["body"])
                 except ValueError:

@@ -4,11 +4,14 @@ import json
 import time
 
 import pytest
+from sqlalchemy import update
 
+from responses_proxy.crypto import TokenCipher, fernet_key
 from responses_proxy.store import accounts as account_store
 from responses_proxy.store import keys as key_store
 from responses_proxy.store import migrate
 from responses_proxy.store import usage as usage_store
+from responses_proxy.store.tables import accounts
 from tests.conftest import make_app
 from tests.fake_upstream import auth_json, jwt
 
@@ -132,7 +135,7 @@ def test_accounts_import(runner, services, tmp_path):
 
     output = ok(run(runner, "accounts", "import", path))
 
-    [row] = account_store.list_all(services.engine)
+    [row] = account_store.all_rows(services.engine)
     assert "imported" in output and row["id"] in output and "ops@example.com" in output and "pro" in output
     assert (row["chatgpt_account_id"], row["email"], row["plan"], row["status"]) == (
         "acct-imp-1", "ops@example.com", "pro", "active")
@@ -162,7 +165,7 @@ def test_accounts_import_json_and_reimport_updates(runner, services, tmp_path):
 def test_accounts_import_several_files(runner, services, tmp_path):
     paths = [write(tmp_path, f"auth{index}.json", auth_json(account_id=f"acct-{index}")) for index in range(2)]
     ok(run(runner, "accounts", "import", *paths))
-    assert {row["chatgpt_account_id"] for row in account_store.list_all(services.engine)} == {"acct-0", "acct-1"}
+    assert {row["chatgpt_account_id"] for row in account_store.all_rows(services.engine)} == {"acct-0", "acct-1"}
 
 
 def without(mapping, key):
@@ -240,6 +243,25 @@ def test_accounts_list(runner, services, tmp_path):
         assert row["status"] == "active" and "tokens" not in row
     assert "active" in text
     assert "eyJ" not in text and "eyJ" not in json.dumps(rows), "no JWT in a listing"
+
+
+def test_accounts_list_says_which_accounts_cannot_serve_and_why(runner, services, tmp_path):
+    for name in ("a", "b", "c"):
+        ok(run(runner, "accounts", "import", write(tmp_path, f"{name}.json", auth_json(account_id=f"acct-{name}"))))
+    ids = {row["chatgpt_account_id"]: row["id"] for row in account_store.all_rows(services.engine)}
+    account_store.set_cooldown(services.engine, ids["acct-a"], time.time() + 3600, "usage limit")
+    with services.engine.begin() as conn:  # tokens encrypted with another key
+        conn.execute(update(accounts).where(accounts.c.id == ids["acct-b"]).values(
+            tokens=TokenCipher(fernet_key("another key")).encrypt(b"{}"), updated_at=time.time()))
+
+    rows = {row["chatgpt_account_id"]: row for row in json.loads(ok(run(runner, "accounts", "list", "--json")))}
+    text = ok(run(runner, "accounts", "list"))
+
+    assert rows["acct-a"]["state"].startswith("cooling down until ") and rows["acct-a"]["problem"] is None
+    assert rows["acct-b"]["state"] == "needs re-login" and "cannot be decrypted" in rows["acct-b"]["problem"]
+    assert rows["acct-b"]["status"] == "active", "the stored status is left alone"
+    assert (rows["acct-c"]["state"], rows["acct-c"]["problem"]) == ("active", None)
+    assert "needs re-login" in text and "cannot be decrypted" in text and "cooling down until" in text
 
 
 def test_accounts_list_empty(runner):

@@ -14,7 +14,7 @@ from responses_proxy.store import keys as key_store
 from responses_proxy.store import make_engine, migrate
 from responses_proxy.store import usage as usage_store
 from responses_proxy.store.recorder import UsageRecorder
-from responses_proxy.store.tables import accounts, api_keys, metadata, usage
+from responses_proxy.store.tables import accounts, api_keys, metadata, usage, worker_load
 from responses_proxy.upstream.credentials import parse_auth_json
 from tests.fake_upstream import auth_json
 
@@ -138,7 +138,7 @@ def test_upsert_creates_an_account(engine, cipher):
         "acct-1", "a@example.com", "pro", "active")
     assert row["access_expires_at"] > time.time()
     assert "tokens" not in row
-    assert [entry["id"] for entry in account_store.list_all(engine)] == [row["id"]]
+    assert [entry["id"] for entry in account_store.all_rows(engine)] == [row["id"]]
 
 
 def test_upsert_same_chatgpt_account_updates_without_duplicating(engine, cipher):
@@ -169,7 +169,7 @@ def test_different_chatgpt_accounts_are_different_rows(engine, cipher):
     first, _ = account_store.upsert(engine, cipher, credentials(account_id="acct-1"))
     second, created = account_store.upsert(engine, cipher, credentials(account_id="acct-2"))
     assert created is True and second["id"] != first["id"]
-    assert {row["chatgpt_account_id"] for row in account_store.list_all(engine)} == {"acct-1", "acct-2"}
+    assert {row["chatgpt_account_id"] for row in account_store.all_rows(engine)} == {"acct-1", "acct-2"}
 
 
 def test_tokens_are_encrypted_at_rest(engine, cipher):
@@ -321,5 +321,23 @@ def test_expired_affinity_rows_are_pruned(database_url):
         # Re-putting a key moves it (upsert), on both databases.
         pool_state.affinity_put(engine, [{"cache_key": "new", "account_id": "acct_c", "updated_at": now + 1}])
         assert pool_state.affinity_get(engine, "new", now - 1800) == "acct_c"
+    finally:
+        engine.dispose()
+
+
+def test_the_counts_of_dead_workers_are_pruned(database_url):
+    from responses_proxy.store import pool_state
+
+    engine = make_engine(database_url)
+    try:
+        migrate.upgrade(engine)
+        now = time.time()
+        pool_state.report_load(engine, "alive", {"acct_a": 2})
+        pool_state.report_load(engine, "dead", {"acct_a": 1, "acct_b": 1})
+        with engine.begin() as conn:
+            conn.execute(worker_load.update().where(worker_load.c.worker_id == "dead").values(updated_at=now - 60))
+        assert pool_state.load_totals(engine, "me", now - 10) == {"acct_a": 2}
+        assert pool_state.prune_load(engine, now - 10) == 2
+        assert [row["worker_id"] for row in raw_rows(engine, worker_load)] == ["alive"]
     finally:
         engine.dispose()

@@ -15,7 +15,7 @@ from ..conversations.service import conversation_id_of
 from ..errors import ApiError, InvalidRequest, ModelNotAllowed, UpstreamError, UsageLimitReached
 from ..upstream.client import UpstreamUnavailable, error_for_status, read_error_body, upstream_headers
 from ..upstream.oauth import RefreshFailed
-from ..upstream.pool import affinity_key
+from .affinity import affinity_key
 from .normalize import to_upstream
 
 # Names derived per API key: the same client cache key under two keys is two upstream sessions.
@@ -65,11 +65,13 @@ class ResponsesService:
             raise InvalidRequest(f"The model '{model}' does not exist. Check the available models at /v1/models.",
                                  param="model", code="model_not_found")
 
-    def create(self, exchange, key, body, client=None, client_headers=None):
+    def create(self, exchange, key, body, client=None, client_headers=None, accounts_version=None):
         """Serve a validated body: (response dict or SSE iterable, extra headers).
 
         Raises the error that answers the request when no byte has gone out yet; the caller
         then fails the exchange. From the SSE iterable on, the relay finishes it.
+        ``accounts_version`` is the one read with the API key (the pool's first check needs no
+        query of its own).
         """
         self.check_model(key, body["model"])
         upstream = to_upstream(body)
@@ -83,7 +85,8 @@ class ResponsesService:
         payload = serialize(upstream)
         affinity, follow = affinity_key(key["id"], body)
         response = self.open_upstream(exchange, payload, affinity, follow,
-                                      upstream_headers(client_headers or {}, upstream.get("prompt_cache_key")))
+                                      upstream_headers(client_headers or {}, upstream.get("prompt_cache_key")),
+                                      accounts_version)
         tracker = relay.Tracker(redact=exchange.turn.redact if exchange.turn is not None else None)
         if body.get("stream"):
             return self.stream(exchange, response, tracker, client), headers
@@ -91,7 +94,7 @@ class ResponsesService:
 
     # -- choosing an account and sending -----------------------------------------------------
 
-    def open_upstream(self, exchange, payload, affinity, follow, headers):
+    def open_upstream(self, exchange, payload, affinity, follow, headers, accounts_version=None):
         """Send the request to the first account that takes it; returns the 200 response.
 
         Nothing has reached the client yet, so a 429, a 401 that survives one token refresh,
@@ -102,7 +105,10 @@ class ResponsesService:
         last_error = None
         while len(tried) < self.max_attempts:
             try:
-                account, decision = self.pool.choose(affinity, tried, follow=follow)
+                # The version read with the key serves the first choice only: a failover must see
+                # what this request itself wrote meanwhile (a cooldown).
+                account, decision = self.pool.choose(affinity, tried, follow=follow,
+                                                     version=None if tried else accounts_version)
             except ApiError:
                 if last_error is None:
                     raise

@@ -20,7 +20,7 @@ def create_response():
         body = validate_request(read_json_body(current_app.config["MAX_BODY_BYTES"]))
         exchange.describe(body)
         result, headers = shared.responses.create(exchange, g.api_key, body, request.environ.get(CLIENT),
-                                                    request.headers)
+                                                    request.headers, g.accounts_version)
     except ClientGone as exc:
         exchange.fail(exc)
         return Response(status=499)  # nobody is there to read it

@@ -39,12 +39,11 @@ def _sqlite_engine(url, parsed):
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_connection, _record):
         cursor = dbapi_connection.cursor()
-        # WAL lets every worker read while one writes; NORMAL is durable across crashes of the
+        # WAL lets every worker read while one writes (switching a new database to it takes a
+        # lock: several processes may start at once); NORMAL is durable across crashes of the
         # process (only an OS crash may lose the last commits) and much cheaper than FULL.
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=0")
-        cursor.execute("PRAGMA foreign_keys=ON")
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=0", "foreign_keys=ON"):
+            waiting_for_locks(cursor.execute, "PRAGMA " + pragma)
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -55,24 +54,30 @@ def _sqlite_engine(url, parsed):
 
     @event.listens_for(engine, "do_execute")
     def _execute_waiting_for_locks(cursor, statement, parameters, _context):
-        deadline = None
-        pause = 0.002
-        while True:
-            try:
-                cursor.execute(statement, parameters)
-                return True
-            except sqlite3.OperationalError as exc:
-                code = getattr(exc, "sqlite_errorcode", None)
-                if code is None or code & 0xFF != _SQLITE_BUSY or code == _SQLITE_BUSY_SNAPSHOT:
-                    raise
-                now = time.monotonic()
-                deadline = deadline or now + SQLITE_LOCK_WAIT_SECONDS
-                if now >= deadline:
-                    raise
-                time.sleep(pause)
-                pause = min(pause * 2, 0.05)
+        waiting_for_locks(cursor.execute, statement, parameters)
+        return True
 
     return engine
+
+
+def waiting_for_locks(execute, *args):
+    """``execute(*args)``, tried again while SQLite says another connection holds the lock it
+    needs (a failed attempt did nothing), for up to ``SQLITE_LOCK_WAIT_SECONDS``."""
+    deadline = None
+    pause = 0.002
+    while True:
+        try:
+            return execute(*args)
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", None)
+            if code is None or code & 0xFF != _SQLITE_BUSY or code == _SQLITE_BUSY_SNAPSHOT:
+                raise
+            now = time.monotonic()
+            deadline = deadline or now + SQLITE_LOCK_WAIT_SECONDS
+            if now >= deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
 
 @contextlib.contextmanager
@@ -85,6 +90,13 @@ def write(engine):
             yield conn
 
 
+def describe_error(exc):
+    """The first line of a database error, without the SQL and its parameters."""
+    original = getattr(exc, "orig", None) or exc
+    lines = str(original).strip().splitlines()
+    return f"{type(original).__name__}: {lines[0] if lines else 'no detail'}"
+
+
 def take_lease(engine, table, row_id, until, owner_column, owner, seconds):
     """Mark a row held by ``owner`` for ``seconds`` unless someone else holds a live lease on
     it (one conditional UPDATE, so two processes never both win); True when taken."""
@@ -93,3 +105,10 @@ def take_lease(engine, table, row_id, until, owner_column, owner, seconds):
         return conn.execute(update(table).where(
             table.c.id == row_id, or_(until.is_(None), until < now),
         ).values({until: now + seconds, owner_column: owner})).rowcount == 1
+
+
+def renew_lease(engine, table, row_id, until, owner_column, owner, seconds):
+    """Extend ``owner``'s lease on a row; False when it is no longer theirs."""
+    with write(engine) as conn:
+        return conn.execute(update(table).where(table.c.id == row_id, owner_column == owner).values(
+            {until: time.time() + seconds})).rowcount == 1

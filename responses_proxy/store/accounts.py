@@ -4,9 +4,9 @@ import secrets
 import time
 
 import orjson
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import case, delete, func, insert, or_, select, update
 
-from . import take_lease, write
+from . import renew_lease, take_lease, write
 from .tables import accounts
 
 ACTIVE, DISABLED, NEEDS_RELOGIN = "active", "disabled", "needs_relogin"
@@ -48,27 +48,9 @@ def upsert(engine, cipher, credentials):
     return public(row), created
 
 
-def list_all(engine):
-    with engine.connect() as conn:
-        rows = conn.execute(select(accounts).order_by(accounts.c.created_at)).mappings().all()
-    return [public(row) for row in rows]
-
-
 def remove(engine, account_id):
     with write(engine) as conn:
         return conn.execute(delete(accounts).where(accounts.c.id == account_id)).rowcount == 1
-
-
-def usable(engine, now=None):
-    """Active accounts that are not cooling down, with their encrypted tokens."""
-    now = time.time() if now is None else now
-    with engine.connect() as conn:
-        return conn.execute(
-            select(accounts).where(
-                accounts.c.status == ACTIVE,
-                or_(accounts.c.cooldown_until.is_(None), accounts.c.cooldown_until <= now))
-            .order_by(accounts.c.created_at)
-        ).mappings().all()
 
 
 def tokens(cipher, row):
@@ -133,24 +115,40 @@ def try_lock_refresh(engine, account_id, owner, hold_seconds):
                       owner, hold_seconds)
 
 
+def renew_refresh(engine, account_id, owner, hold_seconds):
+    """Keep holding the refresh lock; False when it is no longer ``owner``'s."""
+    return renew_lease(engine, accounts, account_id, accounts.c.refresh_lock_until, accounts.c.refresh_lock_owner,
+                       owner, hold_seconds)
+
+
 def save_refreshed(engine, cipher, account_id, owner, tokens, access_expires_at):
-    """Store rotated tokens and release the lock, in one statement (all or nothing)."""
+    """Store rotated tokens, and release the lock if ``owner`` still holds it, in one statement.
+
+    Stored even when the lock was lost meanwhile: the auth server has already retired the old
+    refresh token, so the new one is the only login left. An account marked for a new login by
+    a refresh that used the old token serves again. False when the account no longer exists.
+    """
     now = time.time()
+    mine = accounts.c.refresh_lock_owner == owner
     with write(engine) as conn:
-        return conn.execute(update(accounts).where(
-            accounts.c.id == account_id, accounts.c.refresh_lock_owner == owner,
-        ).values(tokens=cipher.encrypt(orjson.dumps(tokens)), access_expires_at=access_expires_at,
-                 last_refresh=now, refresh_lock_until=None, refresh_lock_owner=None, updated_at=now,
-                 last_error=None, last_error_at=None)).rowcount == 1
+        return conn.execute(update(accounts).where(accounts.c.id == account_id).values(
+            tokens=cipher.encrypt(orjson.dumps(tokens)), access_expires_at=access_expires_at, last_refresh=now,
+            refresh_lock_until=case((mine, None), else_=accounts.c.refresh_lock_until),
+            refresh_lock_owner=case((mine, None), else_=accounts.c.refresh_lock_owner),
+            status=case((accounts.c.status == NEEDS_RELOGIN, ACTIVE), else_=accounts.c.status),
+            updated_at=now, last_error=None, last_error_at=None)).rowcount == 1
 
 
-def release_refresh(engine, account_id, owner, error, status=None):
+def release_refresh(engine, account_id, owner, error, status=None, used_tokens=None):
+    """Give the refresh lock back, noting ``error``. ``status`` is only set while the stored tokens
+    are still ``used_tokens`` (the ciphertext the failed refresh started from): a refresh that
+    failed with an old token says nothing about the tokens another process stored since."""
     now = time.time()
     values = {"refresh_lock_until": None, "refresh_lock_owner": None, "updated_at": now}
     if error:
         values.update(last_error=error, last_error_at=now)
     if status:
-        values["status"] = status
+        values["status"] = case((accounts.c.tokens == used_tokens, status), else_=accounts.c.status)
     with write(engine) as conn:
         conn.execute(update(accounts).where(
             accounts.c.id == account_id, accounts.c.refresh_lock_owner == owner).values(**values))

@@ -18,7 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
-from . import make_engine, write
+from . import describe_error, make_engine, write
 
 MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
 # Any constant shared by every process of every host: the key of PostgreSQL's advisory lock.
@@ -74,13 +74,6 @@ def ensure_current(engine):
     """Upgrade when the schema is behind; one query when it is not."""
     if current(engine) != head():
         upgrade(engine)
-
-
-def describe_error(exc):
-    """The first line of a database error, without the SQL and its parameters."""
-    original = getattr(exc, "orig", None) or exc
-    lines = str(original).strip().splitlines()
-    return f"{type(original).__name__}: {lines[0] if lines else 'no detail'}"
 
 
 def main():

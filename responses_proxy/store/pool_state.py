@@ -59,3 +59,9 @@ def load_totals(engine, exclude_worker, fresh_after):
 def clear_load(engine, worker_id):
     with write(engine) as conn:
         conn.execute(delete(worker_load).where(worker_load.c.worker_id == worker_id))
+
+
+def prune_load(engine, older_than):
+    """Forget the counts of workers that stopped reporting (they died without clearing them)."""
+    with write(engine) as conn:
+        return conn.execute(delete(worker_load).where(worker_load.c.updated_at < older_than)).rowcount

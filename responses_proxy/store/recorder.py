@@ -3,6 +3,7 @@
 import atexit
 import logging
 import threading
+import time
 
 from . import usage
 
@@ -40,8 +41,9 @@ class UsageRecorder:
         self._write(rows)
 
     def _run(self):
-        stop = threading.Event()
-        while not stop.wait(self._flush_seconds):
+        # Runs for the life of the process: what is left at exit is written by ``flush``.
+        while True:
+            time.sleep(self._flush_seconds)
             self.flush()
 
     def _write(self, rows):

@@ -1,13 +1,9 @@
 """Usage rows: one per request, written in batches by ``UsageRecorder``."""
 
-import logging
-
 from sqlalchemy import func, insert, select
 
 from . import write
 from .tables import usage
-
-log = logging.getLogger(__name__)
 
 COLUMNS = ("created_at", "request_id", "key_id", "account_id", "model", "stream", "status", "input_tokens",
            "output_tokens", "total_tokens", "cached_tokens", "reasoning_tokens", "ttfb_ms", "duration_ms",
@@ -41,12 +37,6 @@ def summary(engine, since, group_by="key_id"):
     )
     with engine.connect() as conn:
         return [dict(row) for row in conn.execute(query).mappings()]
-
-
-def recent(engine, limit=100):
-    with engine.connect() as conn:
-        return [dict(row) for row in conn.execute(
-            select(usage).order_by(usage.c.id.desc()).limit(limit)).mappings()]
 
 
 def per_account(engine, since):

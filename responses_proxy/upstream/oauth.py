@@ -25,7 +25,8 @@ def refresh_tokens(session, auth_base_url, tokens, timeout=(10, 30)):
     """POST {auth}/oauth/token; returns the new token set (the old one's fields kept where the
     answer omits them) and the access token's expiry."""
     try:
-        response = session.post(auth_base_url + "/oauth/token", timeout=timeout, json={
+        # Never redirected: following a 307 would post the refresh token to wherever it points.
+        response = session.post(auth_base_url + "/oauth/token", timeout=timeout, allow_redirects=False, json={
             "client_id": CODEX_CLIENT_ID,
             "grant_type": "refresh_token",
             "refresh_token": tokens["refresh_token"],
@@ -33,6 +34,9 @@ def refresh_tokens(session, auth_base_url, tokens, timeout=(10, 30)):
         })
     except requests.RequestException as exc:
         raise RefreshFailed(f"token refresh failed: {type(exc).__name__}", permanent=False) from None
+    if 300 <= response.status_code < 400:
+        raise RefreshFailed(f"token refresh answered with a redirect (HTTP {response.status_code}), not followed",
+                            permanent=False)
     try:
         body = orjson.loads(response.content) if response.content else {}
     except orjson.JSONDecodeError:

@@ -188,7 +188,7 @@ def remove_accounts(gateway):
     app = gateway.app()
     engine = app.extensions["responses_proxy"].engine
     try:
-        for account in account_store.list_all(engine):
+        for account in account_store.all_rows(engine):
             account_store.remove(engine, account["id"])
     finally:
         engine.dispose()

@@ -11,10 +11,12 @@ import time
 
 import pytest
 import requests
-from sqlalchemy import select
+from sqlalchemy import select, update
 
+from responses_proxy.crypto import TokenCipher, fernet_key
 from responses_proxy.store.tables import accounts
 from tests.conftest import Gateway
+from tests.e2e.conftest import RawStream
 from tests.fake_upstream import auth_json
 
 LIMITED = {"status": 429, "body": {"error": {"type": "usage_limit_reached",
@@ -316,3 +318,49 @@ def test_a_failed_optional_refresh_is_not_retried_by_every_request(make_gateway,
     refreshes = [request for request in upstream.requests if request["path"] == "/oauth/token"]
     assert 1 <= len(refreshes) <= 2  # at most once per worker, then backed off
     assert account_row(gateway, "acct-0")["status"] == "active"
+
+
+def test_an_account_whose_tokens_cannot_be_decrypted_leaves_the_others_serving(make_gateway, upstream):
+    gateway = make_gateway(2)
+    assert ask(gateway)[0] == 200
+    # One row's tokens were encrypted with another secret key (say, imported on a host set up
+    # with another RESPONSES_PROXY_SECRET_KEY).
+    foreign = TokenCipher(fernet_key("another key")).encrypt(json.dumps(auth_json()["tokens"]).encode())
+    engine = gateway.engine()
+    try:
+        with engine.begin() as conn:
+            conn.execute(update(accounts).where(accounts.c.chatgpt_account_id == "acct-0").values(
+                tokens=foreign, updated_at=time.time()))
+    finally:
+        engine.dispose()
+
+    upstream.requests.clear()
+    for i in range(8):
+        assert ask(gateway, input=f"q{i}")[0] == 200
+        assert ask(gateway, input=f"q{i}", stream=True)[0] == 200
+    assert served_by(upstream) == {"acct-1": 16}
+    assert requests.get(gateway.url + "/v1/models", headers={"Authorization": f"Bearer {gateway.key}"},
+                        timeout=10).status_code == 200
+    # Each worker says so once, not at every request.
+    logged = [line for line in gateway.log(tail=None).splitlines() if "cannot be decrypted" in line]
+    assert 1 <= len(logged) <= 2, logged
+    assert account_row(gateway, "acct-0")["status"] == "active", "the row is left for a host with the right key"
+
+
+def test_a_stream_in_flight_on_one_worker_steers_the_other_workers_requests(make_gateway, upstream):
+    gateway = make_gateway(2, env={"RESPONSES_PROXY_QUOTA_POLL_SECONDS": "0"})
+    assert ask(gateway)[0] == 200
+    time.sleep(0.5)
+    upstream.push({"stall_at": 3, "stall": 8})  # whichever account serves it next
+    long = RawStream(gateway, {"model": "gpt-5.2", "input": "a long answer"})
+    try:
+        long.read_until(b"response.created")
+        busy = upstream.response_requests()[-1]["headers"]["chatgpt-account-id"]
+        upstream.requests.clear()
+        for i in range(12):
+            # Each on a new connection: the kernel spreads them over both workers.
+            assert ask(gateway, input=f"quick {i}")[0] == 200
+            time.sleep(0.25)
+    finally:
+        long.close()
+    assert served_by(upstream) == {"acct-1" if busy == "acct-0" else "acct-0": 12}
