@@ -21,7 +21,9 @@ import os
 import secrets
 import threading
 import time
+import weakref
 
+import gevent
 import orjson
 import simple_websocket
 from flask import Response
@@ -44,6 +46,7 @@ TURN_METADATA = "x-codex-turn-metadata"
 # A prewarm costs nothing upstream: its usage row says so.
 NO_TOKENS = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0, "cached_tokens": 0, "reasoning_tokens": 0}
 AGE_LIMIT = "The connection reached its age limit; open a new one."
+GOING_AWAY = "The server is going away; open a new connection."
 
 
 def text_frame(payload):
@@ -119,9 +122,8 @@ class Hangup:
 class WebSocket(simple_websocket.Server):
     """The server side of one connection, on the socket the WSGI server hands over.
 
-    permessage-deflate is declined: its zlib contexts cost about 100 KB a connection (a
-    thousand idle Codex sessions would hold 150 MB instead of 40), for little gain on a LAN
-    or behind TLS.
+    permessage-deflate is declined: its zlib contexts cost about 100 KB more a connection once
+    used (measured: 150 KB against 47 KB), for little gain on a LAN or behind TLS.
     """
 
     def __init__(self, environ, max_message_size, ping_interval):
@@ -155,9 +157,11 @@ class WebSocket(simple_websocket.Server):
             raise ClientGone() from None
 
     def end(self, reason, message):
-        """Close politely (the client may already be gone)."""
+        """Close politely (the client may already be gone), and wake a ``receive`` waiting in
+        another greenlet."""
         with contextlib.suppress(simple_websocket.ConnectionClosed, OSError):
             self.close(reason, message)
+        self.event.set()
 
     @contextlib.contextmanager
     def watched(self):
@@ -198,12 +202,48 @@ def input_items(body):
     return [user_text_message(value)] if isinstance(value, str) else value
 
 
+class Sessions:
+    """A worker's open WebSocket sessions.
+
+    An idle Codex session never ends by itself: a worker that stops (a reload, a shutdown)
+    closes its sessions between two answers, and their clients reconnect to another worker,
+    instead of keeping the worker alive until its graceful timeout cuts them.
+    """
+
+    def __init__(self):
+        self._open = weakref.WeakSet()
+        self.stopping = False
+
+    def add(self, session):
+        self._open.add(session)
+
+    def discard(self, session):
+        self._open.discard(session)
+
+    def stop(self):
+        self.stopping = True
+        for session in list(self._open):
+            session.leave()
+
+    def stop_when(self, stopped, every=1.0):
+        """``stop`` once ``stopped()`` is true, checked every ``every`` seconds in a greenlet."""
+
+        def watch():
+            while not stopped():
+                gevent.sleep(every)
+            self.stop()
+
+        gevent.spawn(watch)
+
+
 class Session:
     """One connection's requests, served one at a time, and the latest response's history."""
 
     def __init__(self, ws, shared, authorization, connection_id, headers, max_age):
         self.ws = ws
         self.shared = shared
+        self.sessions = shared.websockets
+        self.serving = False
         self.authorization = authorization
         self.id = connection_id
         # Upstream headers of the upgrade, by lower-case name: each request may replace its turn's.
@@ -215,23 +255,39 @@ class Session:
 
     def run(self):
         """Serve the connection's messages until it ends; returns why it ended."""
+        self.sessions.add(self)
         try:
             while True:
+                if self.sessions.stopping:
+                    self.ws.end(CloseReason.GOING_AWAY, GOING_AWAY)
+                    return "worker stopping"
                 timeout = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
                 try:
                     message = self.ws.receive(timeout)
                 except simple_websocket.ConnectionClosed:
-                    return "client closed"
+                    return "worker stopping" if self.sessions.stopping else "client closed"
                 if message is None:  # the age limit passed between two requests
                     self.ws.end(CloseReason.NORMAL_CLOSURE, AGE_LIMIT)
                     return "age limit"
                 if not self.ws.connected:
                     return "client closed"  # what it sent before it left needs no answer
-                if not self.serve(message):
+                self.serving = True
+                try:
+                    served = self.serve(message)
+                finally:
+                    self.serving = False
+                if not served:
                     self.ws.end(CloseReason.POLICY_VIOLATION, "The API key is no longer valid.")
                     return "key refused"
         except ClientGone:
             return "client gone"
+        finally:
+            self.sessions.discard(self)
+
+    def leave(self):
+        """The worker stops: close now between two answers; during one, ``run`` closes after it."""
+        if not self.serving:
+            self.ws.end(CloseReason.GOING_AWAY, GOING_AWAY)
 
     def serve(self, message):
         """Answer one message, as a POST would be answered; False when the key was refused."""

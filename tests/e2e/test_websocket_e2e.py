@@ -8,6 +8,7 @@ continues the connection's latest response with the whole history sent upstream;
 
 import json
 import re
+import signal
 import time
 
 import pytest
@@ -434,5 +435,30 @@ def test_websockets_turned_off_answer_426(connect, fake_upstream, tmp_path, upst
         reply = requests.post(server.url + "/v1/responses", headers=auth(key), json={"model": MODEL, "input": "hi"},
                               timeout=10)
         assert reply.status_code == 200, reply.text
+    finally:
+        server.stop()
+
+
+def test_a_stopping_gateway_closes_its_websockets_between_answers(connect, fake_upstream, tmp_path, upstream):
+    """Idle sessions are closed at once, an answer under way first ends whole; the worker then
+    exits long before its graceful timeout."""
+    server = Gateway(tmp_path, fake_upstream.base_url, workers=1, env={"RESPONSES_PROXY_GRACEFUL_TIMEOUT": "60"})
+    server.start()
+    try:
+        server.import_account()
+        key = server.create_key()
+        script = Script(MODEL).start().message(list("abcdef")).completed()
+        upstream.push({"events": script.events(), "delay": 0.3}, account=ACCOUNT)
+        idle, busy = connect(server, key=key), connect(server, key=key)
+        busy.send({"type": "response.create", "model": MODEL, "input": "a slow one"})
+        assert busy.receive()["type"] == "response.created"
+        stopped = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        assert idle.wait_closed() == (1001, "The server is going away; open a new connection.")
+        answer = busy.answer()
+        assert answer[-1]["type"] == "response.completed" and len(answer) == len(script.events()) - 1
+        assert busy.wait_closed() == (1001, "The server is going away; open a new connection.")
+        server.process.wait(timeout=30)
+        assert time.monotonic() - stopped < 30
     finally:
         server.stop()
