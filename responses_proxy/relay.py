@@ -367,11 +367,11 @@ class Relay:
             while True:
                 # No event yet after a whole keepalive interval: ``idle`` goes out, if anything.
                 out = self.idle if events is None else self.encode(self._outgoing(events))
+                if out is not None and self.ttfb is None:
+                    self.ttfb = time.perf_counter() - self.exchange.started
                 if self.on_progress is not None:
                     self.on_progress()
                 if out is not None:
-                    if self.ttfb is None:
-                        self.ttfb = time.perf_counter() - self.exchange.started
                     yield out
                 if self.tracker.terminal_name is not None:
                     return
