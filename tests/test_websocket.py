@@ -48,7 +48,7 @@ def test_the_upgrade_needs_a_key(client):
 
 
 def test_a_server_that_cannot_hand_its_socket_over_answers_426(client, auth):
-    """Another WSGI server than gunicorn (or Werkzeug's): the client falls back to POST."""
+    """Another WSGI server than gunicorn (here Werkzeug's test client): the client falls back to POST."""
     reply = client.get("/v1/responses", headers={**UPGRADE, **auth})
     assert reply.status_code == 426
     assert reply.json["error"]["code"] == "websockets_unavailable"

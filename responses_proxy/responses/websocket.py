@@ -120,15 +120,15 @@ class Hangup:
 
 
 class WebSocket(simple_websocket.Server):
-    """The server side of one connection, on the socket the WSGI server hands over.
+    """The server side of one connection, on the socket gunicorn hands over.
 
     permessage-deflate is declined: its zlib contexts cost about 100 KB more a connection once
     used (measured: 150 KB against 47 KB), for little gain on a LAN or behind TLS.
     """
 
     def __init__(self, environ, max_message_size, ping_interval):
-        sock = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
-        if sock is None:
+        sock = environ.get("gunicorn.socket")
+        if sock is None:  # another WSGI server than gunicorn: the client falls back to POST
             raise ApiError("This server cannot take over a connection for a WebSocket: send the request "
                            "as POST /v1/responses.", status=426, code="websockets_unavailable",
                            type="invalid_request_error")
