@@ -1,9 +1,10 @@
 """The load generator: raw asyncio sockets and a minimal HTTP/1.1 + SSE reader, in its own process.
 
 ``python -m bench.loadgen`` reads one JSON command per line on stdin and answers each with one
-JSON line on stdout (see ``closed_loop`` and ``open_streams`` for the commands). Per request it
-measures the time to the first byte, to the first ``output_text.delta`` event and to the end of
-the body, and checks that the stream ended with ``response.completed``. It also samples the CPU
+JSON line on stdout (see ``closed_loop``, ``open_streams``, ``websocket_turns`` and
+``idle_websockets`` for the commands). Per request it measures the time to the first byte, to
+the first ``output_text.delta`` event and to the end of the body (or of the WebSocket answer),
+and checks that the answer ended with ``response.completed``. It also samples the CPU
 and RSS of the process trees it is told about, so that the window of the figures is its own.
 """
 
@@ -31,7 +32,7 @@ class Run:
     def __init__(self, command):
         self.loop = asyncio.get_running_loop()
         self.port = command["port"]
-        self.requests = [raw.encode("latin-1") for raw in command["requests"]]
+        self.requests = [raw.encode("latin-1") for raw in command.get("requests", ())]
         self.kind = command.get("kind", "sse")
         self.timeout = command.get("timeout", 30.0)
         self.expected_deltas = command.get("expected_deltas")
@@ -418,7 +419,198 @@ async def open_streams(command):
             "samples": trace["samples"]}
 
 
-COMMANDS = {"closed_loop": closed_loop, "open_streams": open_streams}
+class WsConn(asyncio.Protocol):
+    """One WebSocket connection: the handshake, then ``send`` a ``response.create`` frame and
+    read the answer's text messages up to ``response.completed``, with the same timings as
+    ``Conn``. Server pings are answered."""
+
+    DELTA = b'{"type":"response.output_text.delta"'
+    COMPLETED = b'{"type":"response.completed"'
+    FAILED = (b'{"type":"response.failed"', b'{"type":"error"', b'{"type":"response.incomplete"')
+
+    def __init__(self, run):
+        self.run = run
+        self.transport = None
+        self.opened = run.loop.create_future()  # True once upgraded; an error string otherwise
+        self.future = None
+        self.buffer = b""
+        self.upgraded = False
+        self.deadline = monotonic() + run.timeout
+        self.detail = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.run.conns.add(self)
+
+    def connection_lost(self, exc):
+        self.transport = None
+        self.run.conns.discard(self)
+        self.fail("connection lost")
+
+    def fail(self, reason):
+        if self.transport is not None:
+            self.transport.abort()
+        if not self.opened.done():
+            self.opened.set_result(reason)
+        if self.future is not None and not self.future.done():
+            self.finish(reason)
+
+    def send(self, frame):
+        self.events = self.keepalives = 0
+        self.first_byte = self.first_delta = None
+        self.sent_at = monotonic()
+        self.deadline = self.sent_at + self.run.timeout
+        self.future = self.run.loop.create_future()
+        self.transport.write(frame)
+        return self.future
+
+    def finish(self, outcome):
+        self.end = monotonic()
+        self.future.set_result(outcome)
+
+    def data_received(self, data):
+        now = monotonic()
+        buffer = self.buffer + data if self.buffer else data
+        if not self.upgraded:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                self.buffer = buffer
+                return
+            if not buffer.startswith(b"HTTP/1.1 101"):
+                self.detail = buffer[:300].decode("utf-8", "replace")
+                self.fail(f"upgrade refused: {buffer[9:12].decode()}")
+                return
+            self.upgraded = True
+            self.opened.set_result(True)
+            buffer = buffer[end + 4:]
+        while len(buffer) >= 2:
+            size, at = buffer[1] & 0x7f, 2
+            if size == 126:
+                if len(buffer) < 4:
+                    break
+                size, at = int.from_bytes(buffer[2:4], "big"), 4
+            elif size == 127:
+                if len(buffer) < 10:
+                    break
+                size, at = int.from_bytes(buffer[2:10], "big"), 10
+            if len(buffer) < at + size:
+                break
+            self.message(buffer[0] & 0x0f, buffer[at:at + size], now)
+            buffer = buffer[at + size:]
+        self.buffer = buffer
+
+    def message(self, opcode, payload, now):
+        if opcode == 0x9:
+            self.transport.write(payloads.client_frame(payload, opcode=0xa))
+            return
+        if opcode == 0x8:
+            self.fail(f"closed by the server ({int.from_bytes(payload[:2], 'big') if payload else None})")
+            return
+        if self.future is None or self.future.done():
+            self.fail("a message between answers")
+            return
+        if self.first_byte is None:
+            self.first_byte = now
+        self.events += 1
+        if payload.startswith(self.DELTA):
+            if self.first_delta is None:
+                self.first_delta = now
+        elif payload.startswith(self.COMPLETED):
+            self.finish(None)
+        elif payload.startswith(self.FAILED):
+            self.detail = payload[:300].decode("utf-8", "replace")
+            self.finish("answer ended with " + payload[9:payload.index(b'"', 9)].decode())
+
+
+async def open_websocket(run, upgrade):
+    """A connected, upgraded ``WsConn`` (or an error string)."""
+    try:
+        _, conn = await asyncio.wait_for(
+            run.loop.create_connection(lambda: WsConn(run), "127.0.0.1", run.port), run.timeout)
+    except (TimeoutError, OSError) as exc:
+        return f"connect failed: {type(exc).__name__}"
+    conn.transport.write(upgrade)
+    try:
+        outcome = await asyncio.wait_for(asyncio.shield(conn.opened), run.timeout)
+    except TimeoutError:
+        outcome = "upgrade timed out"
+    if outcome is not True:
+        conn.fail(outcome)
+        return outcome
+    return conn
+
+
+async def websocket_turns(command):
+    """``count`` requests one after the other on one WebSocket: the timings of each answer."""
+    run = Run(command)
+    request = command["frame"].encode("latin-1")
+    conn = await open_websocket(run, command["upgrade"].encode("latin-1"))
+    if isinstance(conn, str):
+        return {"failed": conn}
+    measured = []
+    watchdog = asyncio.ensure_future(run.watchdog())
+    try:
+        for _ in range(command["count"]):
+            outcome = await conn.send(request)
+            if outcome is None:
+                measured.append(exchange(conn))
+            else:
+                run.error(outcome, conn.detail)
+                break
+    finally:
+        watchdog.cancel()
+        if conn.transport is not None:
+            conn.transport.close()
+    return {"ok": len(measured), "errors": run.errors, "error_samples": run.error_samples, **timings(measured)}
+
+
+async def idle_websockets(command):
+    """``connections`` WebSockets opened (``opening`` at a time) and left idle: the RSS of the
+    process trees before, with all of them idle, and after one request on each."""
+    run = Run(command)
+    opening = asyncio.Semaphore(command.get("opening", 200))
+    upgrade = command["upgrade"].encode("latin-1")
+    request = command["frame"].encode("latin-1")
+    settle = command.get("settle", 2.0)
+
+    async def one():
+        async with opening:
+            conn = await open_websocket(run, upgrade)
+        if isinstance(conn, str):
+            run.error(conn)
+            return None
+        return conn
+
+    async def turn(conn):
+        async with opening:
+            outcome = await conn.send(request)
+        if outcome is not None:
+            run.error(outcome, conn.detail)
+        return outcome is None
+
+    before = procfs.sample(run.groups)
+    watchdog = asyncio.ensure_future(run.watchdog())
+    try:
+        conns = [conn for conn in await asyncio.gather(*(one() for _ in range(command["connections"]))) if conn]
+        await asyncio.sleep(settle)
+        idle = procfs.sample(run.groups)
+        still_open = sum(1 for conn in conns if conn.transport is not None)
+        turned = sum(await asyncio.gather(*(turn(conn) for conn in conns)))
+        await asyncio.sleep(settle)
+        after = procfs.sample(run.groups)
+    finally:
+        watchdog.cancel()
+        for conn in list(run.conns):
+            if conn.transport is not None:
+                conn.transport.close()
+    return {"connections": command["connections"], "opened": len(conns), "open_when_idle": still_open,
+            "turns_ok": turned, "errors": run.errors, "error_samples": run.error_samples,
+            "rss": {name: {"before": before[name]["rss"], "idle": idle[name]["rss"], "after_turn": after[name]["rss"]}
+                    for name in after}}
+
+
+COMMANDS = {"closed_loop": closed_loop, "open_streams": open_streams, "websocket_turns": websocket_turns,
+            "idle_websockets": idle_websockets}
 
 
 def main():

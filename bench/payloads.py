@@ -78,3 +78,35 @@ def body(model, stream=True, prompt_cache_key=None):
     if prompt_cache_key:
         document["prompt_cache_key"] = prompt_cache_key
     return document
+
+
+# A client's WebSocket frames are masked (RFC 6455, 5.3); any key will do for the bench.
+MASK = b"\x5a\x13\xc7\x2e"
+
+
+def websocket_upgrade(host, path, headers=None):
+    """The bytes of a WebSocket handshake request (no extension offered)."""
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host}", "Upgrade: websocket", "Connection: Upgrade",
+             "Sec-WebSocket-Key: YmVuY2gtd2Vic29ja2V0LTE=", "Sec-WebSocket-Version: 13"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def client_frame(payload, opcode=0x1):
+    """One masked client frame (text by default) around ``payload``."""
+    size = len(payload)
+    if size < 126:
+        head = bytes((0x80 | opcode, 0x80 | size))
+    elif size < 65536:
+        head = bytes((0x80 | opcode, 0xfe)) + size.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, 0xff)) + size.to_bytes(8, "big")
+    key = int.from_bytes((MASK * (size // 4 + 1))[:size], "big") if size else 0
+    masked = (int.from_bytes(payload, "big") ^ key).to_bytes(size, "big") if size else b""
+    return head + MASK + masked
+
+
+def response_create(model, prompt_cache_key=None):
+    """A ``response.create`` message: the streaming request body, as one masked text frame."""
+    document = {"type": "response.create", **body(model, True, prompt_cache_key)}
+    return client_frame(json.dumps(document, separators=(",", ":")).encode())

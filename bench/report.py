@@ -73,6 +73,13 @@ def targets(document):
     for label in ("c20", "c100"):
         check(f"5 pool rps / single-account rps ({label})", ">= 0.85",
               dig(scenarios, "pool", label, "pool_vs_single"), lambda v: v >= 0.85)
+    websocket = scenarios.get("websocket") or {}
+    sizes = sorted((key for key in websocket if key.startswith("n") and key[1:].isdigit()),
+                   key=lambda key: int(key[1:]))
+    if sizes:
+        figures = websocket[sizes[-1]]
+        check(f"6 RSS per idle WebSocket (N={figures.get('connections')})", "<= 50 KB",
+              figures.get("idle_kb_per_connection"), lambda v: v <= 50, "KB")
     return checks
 
 
@@ -106,6 +113,8 @@ def render(document):
         out.append(render_open(scenarios["open_streams"]))
     if "pool" in scenarios:
         out.append(render_pool(scenarios["pool"]))
+    if "websocket" in scenarios:
+        out.append(render_websocket(scenarios["websocket"]))
     out.append(render_ceiling(scenarios))
     rows = [[t["what"], t["target"], fmt(t["measured"]) + (f" {t['unit']}" if t["unit"] and t["measured"] is not None
                                                            else ""),
@@ -220,6 +229,38 @@ def render_pool(section):
     return table(f"5. Pool cost: {section['accounts']} accounts, prompt_cache_key on every request "
                  f"({section['prompt_cache_keys']} distinct), vs 1 account without (median of {section['reps']})",
                  ["", "rps", "p50 ms", "p99 ms", "CPU s/1000 req", "errors"], rows)
+
+
+def render_websocket(section):
+    latency = section["latency"]
+    rows = []
+    for metric in ("ttfb", "first_delta", "total"):
+        for stat in ("p50", "p99"):
+            rows.append([f"{metric} {stat}"] + [fmt(dig(latency, name, metric, stat), 3)
+                                                for name in ("direct", "post", "websocket")]
+                        + [signed(dig(latency, key, metric, stat), 3)
+                           for key in ("post_minus_direct", "websocket_minus_direct", "websocket_minus_post")])
+    errors = {name: count for name, count in latency["errors"].items() if count}
+    if errors:
+        rows.append(["errors", str(errors), "", "", "", "", ""])
+    out = [table(f"6. WebSocket: one turn, concurrency 1 (ms; median over {section['reps']} repetitions of "
+                 f"{section['requests_per_rep']} requests; POST and WebSocket to the same gateway, "
+                 f"{section['workers']} workers)",
+                 ["", "direct", "POST", "WebSocket", "POST-direct", "WS-direct", "WS-POST"], rows)]
+    rows = []
+    for key, figures in section.items():
+        if not (key.startswith("n") and key[1:].isdigit()):
+            continue
+        rows.append([f"N={key[1:]}", f"{fmt(figures.get('open_when_idle'))}/{figures.get('connections')}",
+                     fmt(figures.get("rss_before_mb"), 1), fmt(figures.get("rss_idle_mb"), 1),
+                     fmt(figures.get("idle_kb_per_connection"), 1), fmt(figures.get("turns_ok")),
+                     fmt(figures.get("rss_after_turn_mb"), 1), fmt(figures.get("after_turn_kb_per_connection"), 1),
+                     sum((figures.get("errors") or {}).values()) + (1 if figures.get("failed") else 0)])
+    out.append(table("6. Idle WebSockets (RSS of the gateway's processes; then one request on each, whose "
+                     "history the connection keeps)",
+                     ["", "open", "RSS before MB", "RSS idle MB", "KB/conn idle", "turns ok", "RSS after MB",
+                      "KB/conn after a turn", "errors"], rows))
+    return "\n".join(out)
 
 
 def render_ceiling(scenarios):

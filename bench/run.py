@@ -20,7 +20,8 @@ from bench import payloads, procs, report
 from bench.stats import median
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-SCENARIOS = {"1": "latency", "2": "throughput", "3": "long_answer", "4": "open_streams", "5": "pool"}
+SCENARIOS = {"1": "latency", "2": "throughput", "3": "long_answer", "4": "open_streams", "5": "pool",
+             "6": "websocket"}
 POOL_ACCOUNTS = 50
 CACHE_KEYS = 200  # distinct prompt_cache_key values cycled over in scenario 5
 
@@ -40,6 +41,8 @@ class Settings:
     streams: tuple = (1000, 5000)
     slow_interval: float = 0.2
     slow_deltas: int = 150
+    websockets: tuple = (1000, 5000)  # idle WebSocket connections of scenario 6
+    settle: float = 2.0             # seconds before memory is read, once connections are open
     nginx: bool = True
     install: bool = True
     out: str = os.path.join(RESULTS, "latest.json")
@@ -47,7 +50,8 @@ class Settings:
     @classmethod
     def quick_mode(cls):
         return cls(quick=True, reps=1, throughput_reps=1, latency_requests=10, duration=0.5, warmup=0.2,
-                   long_requests=2, streams=(20, 50), slow_interval=0.1, slow_deltas=10)
+                   long_requests=2, streams=(20, 50), slow_interval=0.1, slow_deltas=10, websockets=(20, 50),
+                   settle=0.5)
 
 
 def say(message):
@@ -278,6 +282,52 @@ class Bench:
         self.stop_gateway("gateway_2w")
         return result
 
+    def websocket(self):
+        """6: one turn over a WebSocket against the same request by POST (concurrency 1), and the
+        memory of idle WebSocket connections, on a gateway of its own with 2 workers."""
+        s = self.s
+        frame = payloads.response_create(payloads.SHORT).decode("latin-1")
+
+        def websocket_command(target, op, **fields):
+            upgrade = payloads.websocket_upgrade(f"127.0.0.1:{target.port}", "/v1/responses",
+                                                 {"Authorization": f"Bearer {target.key}"}).decode("latin-1")
+            return {"op": op, "port": target.port, "upgrade": upgrade, "frame": frame, "timeout": 60.0,
+                    "groups": self.groups(target), **fields}
+
+        self.start_gateways([("gateway_ws", 2, 1, 0)])
+        target = self.targets["gateway_ws"]
+
+        runs = {"direct": [], "post": [], "websocket": []}
+        for rep in range(s.reps):
+            say(f"6 websocket latency: repetition {rep + 1}/{s.reps}")
+            for name in rotate(list(runs), rep):
+                if name == "websocket":
+                    command = websocket_command(target, "websocket_turns", count=s.latency_requests)
+                    runs[name].append(self.measure(target, command, 120 + s.latency_requests * 2.0))
+                else:
+                    runs[name].append(self.closed("direct" if name == "direct" else "gateway_ws", payloads.SHORT, 1,
+                                                  count=s.latency_requests))
+        metrics = ("ttfb", "first_delta", "total")
+        latency = {name: latency_figures(results, metrics) for name, results in runs.items()}
+        for name, baseline in (("post", "direct"), ("websocket", "direct"), ("websocket", "post")):
+            latency[f"{name}_minus_{baseline}"] = latency_difference(runs[name], runs[baseline], metrics)
+        latency["errors"] = {name: error_total(results) for name, results in runs.items()}
+        result = {"requests_per_rep": s.latency_requests, "reps": s.reps, "workers": 2, "latency": latency}
+        self.stop_gateway("gateway_ws")
+        for connections in s.websockets:
+            # A fresh gateway each time: memory freed by an earlier run would hide the growth.
+            name = f"gateway_ws_{connections}"
+            self.start_gateways([(name, 2, 1, 0)])
+            target = self.targets[name]
+            for _ in range(4):  # on separate connections, so that every worker has served one
+                self.measure(target, websocket_command(target, "websocket_turns", count=5), 120)
+            say(f"6 websocket: {connections} idle connections")
+            command = websocket_command(target, "idle_websockets", connections=connections, opening=200,
+                                        settle=s.settle)
+            result[f"n{connections}"] = idle_figures(self.measure(target, command, 300 + connections * 0.05))
+            self.stop_gateway(name)
+        return result
+
     def run(self):
         selected = set(self.s.scenarios)
         self.start()
@@ -301,6 +351,8 @@ class Bench:
                 self.stop_gateway(name)
         if "open_streams" in selected:
             self.results["open_streams"] = self.open_streams()
+        if "websocket" in selected:
+            self.results["websocket"] = self.websocket()
         return self.document()
 
     def document(self):
@@ -413,6 +465,22 @@ def open_stream_figures(results):
     return figures
 
 
+def idle_figures(result):
+    """Memory of idle WebSockets: the gateway's RSS growth per open connection, idle and after
+    one request on each (which leaves the response's history kept for previous_response_id)."""
+    figures = {key: result.get(key) for key in ("connections", "opened", "open_when_idle", "turns_ok", "errors",
+                                                 "error_samples", "failed")}
+    rss = (result.get("rss") or {}).get("relay")
+    opened = result.get("open_when_idle")
+    if rss and opened:
+        figures.update(
+            rss_before_mb=rss["before"] / 2 ** 20, rss_idle_mb=rss["idle"] / 2 ** 20,
+            rss_after_turn_mb=rss["after_turn"] / 2 ** 20,
+            idle_kb_per_connection=(rss["idle"] - rss["before"]) / opened / 1024,
+            after_turn_kb_per_connection=(rss["after_turn"] - rss["before"]) / opened / 1024)
+    return figures
+
+
 def default_workers():
     import multiprocessing
 
@@ -458,12 +526,13 @@ def parse_args(argv):
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds: tiny N, short runs")
     parser.add_argument("--scenarios", default="all",
                         help="comma-separated numbers or names: 1 latency, 2 throughput, 3 long_answer, "
-                             "4 open_streams, 5 pool (default: all)")
+                             "4 open_streams, 5 pool, 6 websocket (default: all)")
     parser.add_argument("--reps", type=int, help="repetitions of every scenario (default 5 for latency, "
                                                  "3 for throughput/pool/long answer, 1 for open streams)")
     parser.add_argument("--duration", type=float, help="seconds measured per throughput run (default 4)")
     parser.add_argument("--streams", help="open-stream counts of scenario 4, comma-separated (default 1000,5000)")
     parser.add_argument("--slow-deltas", type=int, help="deltas per slow stream (default 150, one per 200 ms)")
+    parser.add_argument("--websockets", help="idle WebSocket counts of scenario 6, comma-separated (default 1000,5000)")
     parser.add_argument("--no-nginx", action="store_true", help="skip the nginx column")
     parser.add_argument("--no-install", action="store_true", help="do not apt-get install nginx when missing")
     parser.add_argument("--out", default=os.path.join(RESULTS, "latest.json"), help="where to write the JSON")
@@ -488,6 +557,8 @@ def parse_args(argv):
         settings.streams = tuple(int(item) for item in args.streams.split(","))
     if args.slow_deltas:
         settings.slow_deltas = args.slow_deltas
+    if args.websockets:
+        settings.websockets = tuple(int(item) for item in args.websockets.split(","))
     return settings
 
 

@@ -71,6 +71,8 @@ def post_worker_init(worker):
     services = getattr(worker.wsgi, "extensions", {}).get("responses_proxy")
     if services is not None:
         services.pool.start_maintenance()
+        # A stopping worker closes its idle WebSockets rather than wait graceful_timeout for them.
+        services.websockets.stop_when(lambda: not worker.alive)
 
 
 def worker_exit(server, worker):

@@ -30,6 +30,15 @@ def _str(value):
     return value
 
 
+def _switch(value):
+    lowered = value.strip().lower()
+    if lowered in ("on", "1", "true", "yes"):
+        return True
+    if lowered in ("off", "0", "false", "no"):
+        return False
+    raise ValueError(f"expected on or off: {value!r}")
+
+
 def _positive(parse):
     def check(value):
         parsed = parse(value)
@@ -72,10 +81,21 @@ SETTINGS = (
     Setting("CLIENT_TIMEOUT", _positive(float), 60.0,
             "Seconds a client may take to accept a write of the answer or to send the next part of its "
             "request body; a client that stops reading is cut off and its upstream request closed (0: never)."),
-    Setting("MAX_BODY_BYTES", _positive(int), 64 * 1024 * 1024, "Largest accepted request body (413 above it)."),
     Setting("MAX_EVENT_BYTES", _at_least(1024), 16 * 1024 * 1024,
             "Largest upstream SSE line or event (a big tool call or image can take megabytes); "
             "a larger one fails that request as an upstream error."),
+    Setting("MAX_BODY_BYTES", _positive(int), 64 * 1024 * 1024,
+            "Largest accepted request body (413 above it), and WebSocket message (the connection is "
+            "closed with 1009 above it)."),
+    Setting("WEBSOCKETS", _switch, True,
+            "on: GET /v1/responses upgrades to a WebSocket (the Codex CLI's transport); off: the upgrade "
+            "is answered 426 and clients use POST."),
+    Setting("WEBSOCKET_PING_SECONDS", _positive(float), 25.0,
+            "A WebSocket gets a ping this often, and is closed when the previous one had no pong "
+            "(0: no pings)."),
+    Setting("WEBSOCKET_MAX_AGE_SECONDS", _positive(float), 3600.0,
+            "A WebSocket older than this is closed between two responses; the client opens a new one "
+            "(0: no limit)."),
     Setting("MODELS_CACHE_SECONDS", _positive(float), 300.0, "How long each worker keeps the upstream model catalog."),
     Setting("DEFAULT_COOLDOWN_SECONDS", _positive(float), 60.0,
             "Cooldown of an account whose usage-limit error names no reset time."),

@@ -13,6 +13,9 @@ from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
 
+# What a client hears of an error nobody expected (the log has the details).
+UNEXPECTED = "The server had an error while processing your request."
+
 
 class ApiError(Exception):
     status = 500
@@ -147,4 +150,4 @@ def register_error_handlers(app):
     @app.errorhandler(Exception)
     def handle_unexpected(exc):
         log.exception("unhandled error")
-        return ApiError("The server had an error while processing your request.").response()
+        return ApiError(UNEXPECTED).response()

@@ -348,15 +348,20 @@ def count(value):
     return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**62 else None
 
 
-class SSERelay:
-    """Relays one upstream stream to a client as SSE, with keepalives and disconnect detection.
+class Relay:
+    """Relays one upstream stream to a client, with disconnect detection.
 
     The relay reads the upstream on the client's own greenlet: while it writes to a slow
     client it does not read, so the upstream is slowed down instead of memory filling up.
     At the final event, ``on_final(tracker)`` runs before the event goes out (a conversation
     turn is stored then); if it raises, the client gets ``response.failed`` instead. The
     exchange is finished exactly once when the relay ends, however it ends.
+
+    The body yields ``encode(events)`` for each batch of events, and ``idle`` (unless None)
+    after a silent interval: a subclass defines both for its transport.
     """
+
+    idle = None
 
     def __init__(self, source, tracker, exchange, keepalive, on_final=None):
         self.keepalive = keepalive or None
@@ -382,7 +387,8 @@ class SSERelay:
             raise
 
     def body(self, first=None):
-        """The WSGI body: an iterable whose ``close()`` ends the relay even if never iterated."""
+        """What goes out, as an iterable (a WSGI body) whose ``close()`` ends the relay even if
+        never iterated."""
         self._generator = self._relay(first)
         return self
 
@@ -398,11 +404,12 @@ class SSERelay:
     def _relay(self, events):
         try:
             while True:
-                # No event yet after a whole keepalive interval: a keepalive goes out.
-                out = KEEPALIVE if events is None else frame(self._outgoing(events))
-                if self.ttfb is None:
+                # No event yet after a whole keepalive interval: ``idle`` goes out, if anything.
+                out = self.idle if events is None else self.encode(self._outgoing(events))
+                if out is not None and self.ttfb is None:
                     self.ttfb = time.perf_counter() - self.exchange.started
-                yield out
+                if out is not None:
+                    yield out
                 if self.tracker.terminal_name is not None:
                     return
                 try:
@@ -445,6 +452,13 @@ class SSERelay:
             else:
                 self.exchange.finish(200, self.tracker.error_code(), self.ttfb,
                                      usage_of(self.tracker.final_response()))
+
+
+class SSERelay(Relay):
+    """Server-sent events: ``event:``/``data:`` frames, a keepalive comment when silent."""
+
+    idle = KEEPALIVE
+    encode = staticmethod(frame)
 
 
 def fold(source, tracker, on_final=None):

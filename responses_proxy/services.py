@@ -6,7 +6,8 @@ EXTENSION = "responses_proxy"
 
 
 class Services:
-    """Engine, cipher, upstream client, pool and the domain services: ``services()``."""
+    """Engine, cipher, upstream client, pool, the domain services and the open WebSocket
+    sessions: ``services()``."""
 
     def __init__(self, config):
         from .catalog.service import Catalog
@@ -15,6 +16,7 @@ class Services:
         from .keys.service import KeyService
         from .pool import AccountPool
         from .responses.service import ResponsesService
+        from .responses.websocket import Sessions
         from .store import make_engine
         from .store.recorder import UsageRecorder
         from .upstream.client import UpstreamClient
@@ -29,6 +31,7 @@ class Services:
         self.catalog = Catalog(self.client, self.pool, config["MODELS_CACHE_SECONDS"])
         self.conversations = ConversationService(self.engine, config)
         self.responses = ResponsesService(self.pool, self.client, self.catalog, self.conversations, config)
+        self.websockets = Sessions()
 
 
 def services() -> Services:

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCENARIOS = ("latency", "throughput", "long_answer", "open_streams", "pool")
+SCENARIOS = ("latency", "throughput", "long_answer", "open_streams", "pool", "websocket")
 
 
 def test_quick_bench_writes_every_scenario(tmp_path):
@@ -24,5 +24,8 @@ def test_quick_bench_writes_every_scenario(tmp_path):
     assert all(figures["gateway_2w"]["ok"] for key, figures in scenarios["open_streams"].items()
                if key.startswith("n") and key[1:].isdigit())
     assert scenarios["pool"]["c20"]["gateway_pool"]["requests"] > 0
+    assert scenarios["websocket"]["latency"]["websocket"]["total"]["p50"] is not None
+    assert all(figures["turns_ok"] == figures["connections"] for key, figures in scenarios["websocket"].items()
+               if key.startswith("n") and key[1:].isdigit())
     assert document["targets"] and "Targets (issue 6)" in done.stdout
     assert (tmp_path / "latest.txt").exists()

@@ -1,4 +1,5 @@
-"""One exchange of ``POST /v1/responses``, from the request to the last byte, and its owner.
+"""One exchange of ``POST /v1/responses`` (or one request on its WebSocket), from the request to
+the last byte, and its owner.
 
 An exchange holds what must be settled however it ends: the usage row and the request's log
 line, the account's in-flight slot, and the conversation turn. ``finish`` settles all three,
@@ -16,8 +17,9 @@ log = logging.getLogger("responses_proxy.request")
 
 
 class Exchange:
-    def __init__(self, recorder, request_id, key_id):
+    def __init__(self, recorder, request_id, key_id, transport="http"):
         self._recorder = recorder
+        self.transport = transport  # "http" or "websocket", for the request's log line
         self.started = time.perf_counter()
         self.row = {"created_at": time.time(), "request_id": request_id, "key_id": key_id, "model": None,
                     "stream": False, "account_id": None, "status": 200, "error_code": None, "ttfb_ms": None}
@@ -101,4 +103,4 @@ class Exchange:
             row.update(usage)
         self._recorder.record(row)
         if log.isEnabledFor(logging.INFO):
-            log.info("response", extra={"fields": {**row, "decisions": self.decisions}})
+            log.info("response", extra={"fields": {**row, "transport": self.transport, "decisions": self.decisions}})

@@ -65,11 +65,13 @@ class ResponsesService:
             raise InvalidRequest(f"The model '{model}' does not exist. Check the available models at /v1/models.",
                                  param="model", code="model_not_found")
 
-    def create(self, exchange, key, body, client=None, client_headers=None, accounts_version=None):
-        """Serve a validated body: (response dict or SSE iterable, extra headers).
+    def create(self, exchange, key, body, client=None, client_headers=None, accounts_version=None,
+               relay_class=relay.SSERelay):
+        """Serve a validated body: (response dict or a stream's body, extra headers).
 
+        A streaming body is ``relay_class``'s (SSE unless the transport has its own framing).
         Raises the error that answers the request when no byte has gone out yet; the caller
-        then fails the exchange. From the SSE iterable on, the relay finishes it.
+        then fails the exchange. From the stream's body on, the relay finishes it.
         ``accounts_version`` is the one read with the API key (the pool's first check needs no
         query of its own).
         """
@@ -89,7 +91,7 @@ class ResponsesService:
                                       accounts_version)
         tracker = relay.Tracker(redact=exchange.turn.redact if exchange.turn is not None else None)
         if body.get("stream"):
-            return self.stream(exchange, response, tracker, client), headers
+            return self.stream(exchange, response, tracker, client, relay_class), headers
         return self.complete(exchange, response, tracker, client), headers
 
     # -- choosing an account and sending -----------------------------------------------------
@@ -197,15 +199,15 @@ class ResponsesService:
             response.close()
             raise
 
-    def stream(self, exchange, response, tracker, client):
+    def stream(self, exchange, response, tracker, client, relay_class):
         source = self.events(response, client)
-        sse = relay.SSERelay(source, tracker, exchange, self.keepalive, settle(exchange))
+        stream = relay_class(source, tracker, exchange, self.keepalive, settle(exchange))
         try:
-            first = sse.first(self.keepalive)
+            first = stream.first(self.keepalive)
         except relay.ClientGone as exc:
             exchange.fail(exc)
             return []  # nobody is there to read it
-        return sse.body(first)
+        return stream.body(first)
 
     def complete(self, exchange, response, tracker, client):
         source = self.events(response, client)

@@ -1,10 +1,12 @@
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from ..auth import require_api_key
+from ..errors import ApiError
 from ..relay import SSE_HEADERS, ClientGone
 from ..requestbody import read_json_body
 from ..server import CLIENT
 from ..services import services
+from . import websocket
 from .exchange import Exchange
 from .schemas import validate_request
 
@@ -33,3 +35,15 @@ def create_response():
         return response
     # The relay yields bytes: no re-encoding layer between it and the server.
     return Response(result, headers={**SSE_HEADERS, **headers}, direct_passthrough=True)
+
+
+# Matched only by a WebSocket upgrade: a plain GET is still the router's 405.
+@bp.get("/responses", websocket=True)
+def open_websocket():
+    shared = services()
+    if not shared.settings["WEBSOCKETS"]:
+        # Codex falls back to POST at once on a 426; any other refusal costs it retries first.
+        raise ApiError("WebSockets are turned off on this gateway: send the request as POST /v1/responses.",
+                       status=426, code="websockets_disabled", type="invalid_request_error")
+    shared.keys.authenticate(request.headers.get("Authorization"))
+    return websocket.serve(shared, request, g.request_id)

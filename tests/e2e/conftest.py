@@ -10,8 +10,20 @@ import re
 import socket
 import time
 
+import pytest
 import requests
 from sqlalchemy import create_engine, select
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
 
 from responses_proxy.store import accounts as account_store
 from responses_proxy.store.tables import accounts, api_keys, usage
@@ -146,6 +158,133 @@ class RawStream:
 
     def close(self):
         self.sock.close()
+
+
+TERMINAL = ("response.completed", "response.incomplete", "response.failed", "error")
+
+
+class WebSocketClient:
+    """A WebSocket client on a plain socket (wsproto), so a test decides every byte and when to
+    hang up. After the handshake, ``status`` is 101, or the HTTP status of the refusal with its
+    ``headers`` and ``body``. Server pings are answered unless ``answer_pings`` is False."""
+
+    def __init__(self, gateway, key=None, headers=None, extensions=None, answer_pings=True):
+        self.sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
+        self.conn = WSConnection(ConnectionType.CLIENT)
+        sent = [] if key is False else [("Authorization", f"Bearer {key or gateway.key}")]
+        sent += list((headers or {}).items())
+        self.sock.sendall(self.conn.send(Request(host=f"127.0.0.1:{gateway.port}", target="/v1/responses",
+                                                 extra_headers=sent, extensions=extensions or [])))
+        self.answer_pings = answer_pings
+        self.pings = 0
+        self.closed = None  # (code, reason) of the server's Close frame
+        self.status = self.headers = None
+        self.body = b""
+        self._events = []
+        self._text = ""
+        self._rejection_done = False
+        while self.status is None or (self.status != 101 and not self._rejection_done):
+            assert self._read(), "the gateway closed the connection during the handshake"
+
+    def _read(self, timeout=10):
+        self.sock.settimeout(timeout)
+        data = self.sock.recv(1 << 20)
+        self.conn.receive_data(data or None)
+        for event in self.conn.events():
+            if isinstance(event, AcceptConnection):
+                self.status = 101
+                self.headers = {name.decode().lower(): value.decode() for name, value in event.extra_headers}
+                self.extensions = event.extensions
+            elif isinstance(event, RejectConnection):
+                self.status = event.status_code
+                self.headers = {name.decode().lower(): value.decode() for name, value in event.headers}
+                self._rejection_done = not event.has_body
+            elif isinstance(event, RejectData):
+                self.body += event.data
+                self._rejection_done = event.body_finished
+            elif isinstance(event, Ping):
+                self.pings += 1
+                if self.answer_pings:
+                    self.sock.sendall(self.conn.send(event.response()))
+            elif isinstance(event, CloseConnection):
+                self.closed = (event.code, event.reason)
+            else:
+                self._events.append(event)
+        return data
+
+    def send(self, message):
+        """A dict as a JSON text message, a str as a text message, bytes as a binary one."""
+        if isinstance(message, dict):
+            message = json.dumps(message)
+        event = TextMessage(data=message) if isinstance(message, str) else BytesMessage(data=message)
+        self.sock.sendall(self.conn.send(event))
+
+    def receive_text(self, timeout=10):
+        """The next text message, as sent; fails on anything else (or the connection's end)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            while self._events:
+                event = self._events.pop(0)
+                assert isinstance(event, TextMessage), event
+                self._text += event.data
+                if event.message_finished:
+                    text, self._text = self._text, ""
+                    return text
+            assert self.closed is None, f"closed by the gateway: {self.closed}"
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no message in time")
+            assert self._read(left), "the gateway closed the connection"
+
+    def receive(self, timeout=10):
+        return json.loads(self.receive_text(timeout))
+
+    def answer(self, timeout=20):
+        """Every message of one answer, up to its terminal event (or error message), parsed."""
+        messages = []
+        deadline = time.monotonic() + timeout
+        while not messages or messages[-1]["type"] not in TERMINAL:
+            messages.append(self.receive(max(0.1, deadline - time.monotonic())))
+        return messages
+
+    def request(self, body, timeout=20):
+        """Send a ``response.create`` message and read its answer."""
+        self.send({"type": "response.create", **body})
+        return self.answer(timeout)
+
+    def wait_closed(self, timeout=10):
+        """The server's Close frame (code, reason), then the end of the connection."""
+        deadline = time.monotonic() + timeout
+        while self.closed is None:
+            left = deadline - time.monotonic()
+            assert left > 0, "the gateway did not close the connection"
+            if not self._read(left):
+                break
+        return self.closed
+
+    def error(self):
+        """The refusal's JSON envelope (after a handshake answered with an HTTP error)."""
+        assert self.status != 101
+        assert self.headers["content-type"].startswith("application/json"), self.headers
+        return json.loads(self.body)["error"]
+
+    def close(self):
+        """Hang up without a Close frame, as the Codex CLI does."""
+        self.sock.close()
+
+
+@pytest.fixture
+def connect():
+    """Opens ``WebSocketClient``s (same arguments) and hangs them all up after the test."""
+    clients = []
+
+    def open_client(gateway, **kwargs):
+        clients.append(WebSocketClient(gateway, **kwargs))
+        return clients[-1]
+
+    yield open_client
+    for client in clients:
+        client.close()
 
 
 def wait_for(predicate, timeout=5.0, interval=0.05):

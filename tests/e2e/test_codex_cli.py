@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from responses_proxy.responses.service import scoped_cache_key
+from tests.conftest import Gateway
 from tests.e2e.conftest import ACCOUNT, events_of, key_id, read_stream, split_frames
 from tests.fake_upstream import Script
 
@@ -63,6 +64,21 @@ name = "responses-proxy"
 base_url = "{url}/v1"
 env_key = "{key_variable}"
 wire_api = "responses"
+
+[features]
+plugins = false
+
+[analytics]
+enabled = false
+"""
+
+# The same provider on the Responses WebSocket (GET {base_url}/responses upgraded).
+CONFIG_WEBSOCKET = CONFIG.replace('wire_api = "responses"\n', 'wire_api = "responses"\nsupports_websockets = true\n')
+# Codex's built-in provider pointed at the gateway: WebSocket first, the key from CODEX_API_KEY.
+CONFIG_BUILT_IN = """\
+model = "{model}"
+openai_base_url = "{url}/v1"
+check_for_update_on_startup = false
 
 [features]
 plugins = false
@@ -153,7 +169,7 @@ def test_replayed_codex_request_streams_and_reaches_upstream_unchanged(e2e, upst
     assert sent["headers"]["session_id"] == thread
 
 
-def run_codex(gateway, tmp_path, prompt, model="gpt-5.2"):
+def run_codex(gateway, tmp_path, prompt, model="gpt-5.2", config=CONFIG, key=None, env=None):
     """``codex exec`` configured as docs/codex-cli.md says; returns (exit code, stdout, stderr).
 
     The CLI is a node launcher that spawns the native binary: the whole process group is killed
@@ -163,11 +179,12 @@ def run_codex(gateway, tmp_path, prompt, model="gpt-5.2"):
     work = tmp_path / "work"
     home.mkdir()
     work.mkdir()
-    (home / "config.toml").write_text(CONFIG.format(model=model, url=gateway.url, key_variable=KEY_VARIABLE))
+    (home / "config.toml").write_text(config.format(model=model, url=gateway.url, key_variable=KEY_VARIABLE))
     nowhere = "http://127.0.0.1:9"  # anything not for 127.0.0.1 fails instead of leaving the machine
-    env = {"PATH": os.environ["PATH"], "HOME": str(home), "CODEX_HOME": str(home), KEY_VARIABLE: gateway.key,
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "CODEX_HOME": str(home), KEY_VARIABLE: key or gateway.key,
            "HTTPS_PROXY": nowhere, "HTTP_PROXY": nowhere, "ALL_PROXY": nowhere, "https_proxy": nowhere,
-           "http_proxy": nowhere, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+           "http_proxy": nowhere, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
+           **(env or {})}
     process = subprocess.Popen(
         [CODEX, "exec", "--skip-git-repo-check", "--ephemeral", "--color", "never", "-C", str(work), prompt],
         env=env, cwd=str(work), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -229,3 +246,90 @@ def test_codex_exec_tool_round_trip(e2e, upstream, tmp_path):
     assert function_call["arguments"] == '{"cmd":"echo gateway-tool-ok"}'
     assert output["type"] == "function_call_output" and output["call_id"] == "call_codex_1"
     assert isinstance(output["output"], str) and output["output"]
+
+
+def request_log(gateway, key):
+    """The gateway's log lines of the requests made with ``key`` (one per request), in order."""
+    owner = key_id(gateway, key)
+    lines = [json.loads(line) for line in gateway.log(None).splitlines() if line.startswith("{")]
+    return [line for line in lines if line.get("message") == "response" and line.get("key_id") == owner]
+
+
+def tool_round_trip(upstream):
+    call = Script("gpt-5.2").start().reasoning().function_call(
+        "exec_command", ['{"cmd":"echo gateway-', 'tool-ok"}'], call_id="call_codex_ws").completed()
+    answer = Script("gpt-5.2").start().message(["Ran it: ", "gateway-tool-ok"]).completed()
+    upstream.push({"events": call.events()}, account=ACCOUNT)
+    upstream.push({"events": answer.events()}, account=ACCOUNT)
+    return call
+
+
+@needs_codex
+def test_codex_exec_tool_round_trip_over_a_websocket(e2e, upstream, tmp_path):
+    """``supports_websockets = true``: the prewarm, the turn and its tool follow-up on one
+    WebSocket, each follow-up naming the previous response; the upstream still gets everything."""
+    call = tool_round_trip(upstream)
+    key = e2e.create_key()
+
+    code, out, err = run_codex(e2e, tmp_path, "Run echo gateway-tool-ok", config=CONFIG_WEBSOCKET, key=key)
+
+    assert code == 0, f"{err[-3000:]}\n{e2e.log()}"
+    assert out.strip() == "Ran it: gateway-tool-ok"
+    requests_made = request_log(e2e, key)
+    assert [line["transport"] for line in requests_made] == ["websocket"] * 3
+    assert requests_made[0]["decisions"] == [{"event": "prewarm"}] and requests_made[0]["account_id"] is None
+    # One connection: the requests' ids are the connection's, numbered.
+    connection = requests_made[0]["request_id"].rsplit(".", 1)[0]
+    assert [line["request_id"] for line in requests_made] == [f"{connection}.{number}" for number in (1, 2, 3)]
+    first, second = upstream.response_requests()  # the prewarm never reached the upstream
+    assert "previous_response_id" not in first["body"] and "previous_response_id" not in second["body"]
+    assert first["body"]["input"][0]["role"] == "developer"  # the prewarm's input, kept by the gateway
+    assert second["body"]["input"][:len(first["body"]["input"])] == first["body"]["input"]
+    reasoning, function_call, output = second["body"]["input"][-3:]
+    assert [reasoning, function_call] == call.items
+    assert output["type"] == "function_call_output" and output["call_id"] == "call_codex_ws"
+    assert "gateway-tool-ok" in output["output"]
+    # Each request's own turn metadata goes upstream, not the one the connection was opened with.
+    assert json.loads(second["headers"]["x-codex-turn-metadata"])["request_kind"] == "turn"
+
+
+@needs_codex
+def test_codex_built_in_provider_through_the_gateway(e2e, upstream, tmp_path):
+    """``openai_base_url``: Codex's own provider, over the WebSocket, with the gateway key from
+    CODEX_API_KEY (OPENAI_API_KEY is not what it sends)."""
+    tool_round_trip(upstream)
+    key = e2e.create_key()
+
+    code, out, err = run_codex(e2e, tmp_path, "Run echo gateway-tool-ok", config=CONFIG_BUILT_IN, key=key,
+                               env={"CODEX_API_KEY": key, "OPENAI_API_KEY": "sk-not-the-gateway-key"})
+
+    assert code == 0, f"{err[-3000:]}\n{e2e.log()}"
+    assert out.strip() == "Ran it: gateway-tool-ok"
+    assert [line["transport"] for line in request_log(e2e, key)] == ["websocket"] * 3
+    first, second = upstream.response_requests()
+    # The metadata the built-in provider puts on its items reaches the upstream as it was sent.
+    messages = [item for item in second["body"]["input"] if item.get("type") == "message"]
+    assert messages and all("internal_chat_message_metadata_passthrough" in item for item in messages)
+    assert second["body"]["input"][:len(first["body"]["input"])] == first["body"]["input"]
+
+
+@needs_codex
+def test_codex_falls_back_to_post_at_once_when_websockets_are_off(fake_upstream, upstream, tmp_path):
+    server = Gateway(tmp_path / "gateway", fake_upstream.base_url, workers=1,
+                     env={"RESPONSES_PROXY_WEBSOCKETS": "off", "RESPONSES_PROXY_ACCESS_LOG": "-"})
+    (tmp_path / "gateway").mkdir()
+    server.start()
+    try:
+        server.import_account()
+        key = server.create_key()
+        script = Script("gpt-5.2").start().message(["Over ", "POST."]).completed()
+        upstream.push({"events": script.events()}, account=ACCOUNT)
+        code, out, err = run_codex(server, tmp_path, "Say it", config=CONFIG_BUILT_IN, key=key,
+                                   env={"CODEX_API_KEY": key})
+        assert code == 0, f"{err[-3000:]}\n{server.log()}"
+        assert out.strip() == "Over POST."
+        assert [line["transport"] for line in request_log(server, key)] == ["http"]
+        # One upgrade refused, no retries (a 404 or a 405 would cost about 6.5 s of them).
+        assert server.log(None).count('"GET /v1/responses HTTP/1.1" 426') == 1
+    finally:
+        server.stop()

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from tests.conftest import Gateway, unique
-from tests.e2e.conftest import auth, error_of, events_of, post, remove_accounts, stream
+from tests.e2e.conftest import auth, error_of, events_of, post, remove_accounts, stream, usage_row
 from tests.fake_upstream import Script
 
 READ_TIMEOUT = 2
@@ -246,3 +246,59 @@ def test_invalid_key_is_a_401(gateway, upstream):
     reply = requests.post(gateway.url + "/v1/responses", headers=auth("sk-rp-wrong"), json=BODY, timeout=10)
     assert reply.status_code == 401
     assert error_of(reply)["code"] == "invalid_api_key"
+
+
+# -- the same over a WebSocket: an error message with the status a POST would have had, before
+# the first event; after it, the same response.failed event.
+
+
+def test_websocket_usage_limit_is_a_429_error_message_with_the_reset_time(gateway, upstream, account, connect):
+    before = time.time()
+    upstream.push({"status": 429, "body": {"error": {"type": "usage_limit_reached", "message": "You hit it.",
+                                                     "resets_at": int(before) + 120}}},
+                  account=account)
+    ws = connect(gateway, headers={"X-Request-Id": "req-ws-limit-" + unique()})
+    [error] = ws.request(BODY)
+    assert error["type"] == "error" and error["status"] == 429
+    assert {key: error["error"][key] for key in ("type", "code", "param")} == {
+        "type": "usage_limit_reached", "code": "usage_limit_reached", "param": None}
+    assert error["error"]["message"]
+    assert before + 100 <= error["error"]["resets_at"] <= time.time() + 125
+    assert 100 <= int(error["headers"]["Retry-After"]) <= 121
+    # The connection goes on; the account cools down, as for a POST.
+    [error] = ws.request(BODY)
+    assert error["status"] == 429 and error["error"]["code"] == "usage_limit_reached"
+    assert len(upstream.response_requests()) == 1
+
+
+def test_websocket_upstream_500_is_a_502_error_message(gateway, upstream, account, connect):
+    for _ in range(3):
+        upstream.push({"status": 500, "body": {"detail": "Internal error"}}, account=account)
+    [error] = connect(gateway).request(BODY)
+    assert error["status"] == 502
+    assert error["error"]["type"] == "upstream_error" and error["error"]["code"] == "upstream_error"
+
+
+def test_websocket_no_account_is_a_503_error_message(gateway, upstream, connect):
+    remove_accounts(gateway)
+    connection = "req-ws-none-" + unique()
+    [error] = connect(gateway, headers={"X-Request-Id": connection}).request(BODY)
+    assert error["status"] == 503 and error["error"]["code"] == "no_accounts"
+    assert usage_row(gateway, connection + ".1")["status"] == 503
+
+
+@pytest.mark.parametrize("behaviour", [{"cut_after": 3}, {"stall_at": 3, "stall": READ_TIMEOUT + 6}],
+                         ids=["cut", "silent"])
+def test_websocket_upstream_failing_mid_stream_ends_with_response_failed(gateway, upstream, account, connect,
+                                                                          behaviour):
+    script = Script("gpt-5.2").start().message(["a", "b"]).completed()
+    upstream.push({"events": script.events(), **behaviour}, account=account)
+    ws = connect(gateway)
+    answer = ws.request(BODY, timeout=READ_TIMEOUT + 8)
+    assert [message["type"] for message in answer[:3]] == [name for name, _ in script.events()[:3]]
+    assert len(answer) == 4 and answer[-1]["type"] == "response.failed"
+    assert answer[-1]["response"]["id"] == script.response_id
+    assert answer[-1]["response"]["error"]["message"]
+    # A failed response is not one to continue from.
+    [error] = ws.request({**BODY, "previous_response_id": script.response_id})
+    assert error["error"]["code"] == "previous_response_not_found"
