@@ -2,7 +2,7 @@
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
-from ..responses.schemas import check_input_items
+from ..items import check_items
 from ..validation import Array, Object, Passthrough, String, field, quoted
 
 METADATA_MAX_KEYS = 16
@@ -21,15 +21,6 @@ def check_metadata(metadata):
         if not isinstance(value, str) or len(value) > METADATA_MAX_VALUE:
             raise ValidationError(f"metadata values are strings of at most {METADATA_MAX_VALUE} characters.",
                                   f"metadata.{name}")
-
-
-def check_items(items, name):
-    try:
-        check_input_items(items)
-    except ValidationError as exc:
-        # check_input_items names its params input[i]...; here the field is ``items``.
-        renamed = {key.replace("input", name, 1): value for key, value in exc.normalized_messages().items()}
-        raise ValidationError(renamed) from None
 
 
 class CreateConversationSchema(Passthrough):

@@ -1,26 +1,20 @@
 """Conversations without Flask: ownership, turns, the item budget, the Conversations API."""
 
-import re
 import secrets
 import time
 
 import orjson
 
 from ..errors import Conflict, NotFound
+from ..items import CONVERSATION_ID
 from ..store import conversations as store
 
-CONVERSATION_ID = re.compile(r"^conv_[A-Za-z0-9_-]{1,95}$")
 # A turn holds the conversation for this long without a sign of life; a streaming turn
 # renews it as it goes, so a crashed worker blocks the conversation for no longer than this.
 TURN_LEASE_SECONDS = 120.0
 # Items that answer a call from an earlier item: never sent without that call.
 CALL_OUTPUT_TYPES = frozenset(("function_call_output", "custom_tool_call_output", "local_shell_call_output",
                                "computer_call_output", "mcp_approval_response", "tool_search_output"))
-
-
-def conversation_id_of(value):
-    """The id from a validated request's ``conversation`` (a string or ``{"id": ...}``)."""
-    return value.get("id") if isinstance(value, dict) else value
 
 
 def not_found():

@@ -1,8 +1,8 @@
 from flask import Blueprint, current_app, g, jsonify, request
 
 from ..auth import require_api_key
+from ..items import normalize_input
 from ..requestbody import read_json_body
-from ..responses.normalize import normalize_input
 from ..validation import load, load_query
 from . import schemas
 

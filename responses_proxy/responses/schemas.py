@@ -9,7 +9,7 @@ field that gives the errors a nested schema would: a Codex request carries a doz
 
 from marshmallow import ValidationError, fields, validates_schema
 
-from ..conversations.service import CONVERSATION_ID
+from ..items import CONVERSATION_ID, MESSAGE_ROLES, UNSUPPORTED_TOOL_TYPES, check_items, check_parts, check_tool
 from ..validation import (
     EXPECTED,
     MISSING,
@@ -29,8 +29,6 @@ from ..validation import (
     quoted,
 )
 
-UNSUPPORTED_TOOL_TYPES = frozenset((
-    "file_search", "code_interpreter", "computer_use", "computer_use_preview", "image_generation"))
 TOOL_CHOICE_MODES = ("none", "auto", "required")
 TEXT_FORMAT_TYPES = ("text", "json_object", "json_schema")
 INCLUDE_VALUES = (
@@ -42,7 +40,6 @@ INCLUDE_VALUES = (
     "reasoning.encrypted_content",
     "web_search_call.action.sources",
 )
-MESSAGE_ROLES = ("user", "assistant", "system", "developer", "tool")
 
 
 class ReasoningSchema(Passthrough):
@@ -180,7 +177,7 @@ class ResponsesRequestSchema(Passthrough):
         if not has_input and not has_messages:
             raise ValidationError("Missing required parameter: 'input' (or 'messages').", "input")
         if isinstance(data.get("input"), list):
-            check_input_items(data["input"])
+            check_items(data["input"])
         if data.get("previous_response_id") is not None:
             if data.get("conversation") is not None:
                 raise ValidationError(
@@ -216,15 +213,6 @@ class ResponsesRequestSchema(Passthrough):
                     f"include[{index}]")
 
 
-def check_tool(tool, path):
-    prefix = path + "." if path else ""
-    kind = tool["type"]
-    if kind in UNSUPPORTED_TOOL_TYPES:
-        raise ValidationError(f"Tool type '{kind}' is not supported", prefix + "type")
-    if kind == "function" and not tool.get("name"):
-        raise ValidationError("A function tool needs a 'name'.", prefix + "name")
-
-
 def check_tool_choice(choice):
     kind = choice.get("type")
     if not isinstance(kind, str):
@@ -233,79 +221,6 @@ def check_tool_choice(choice):
         raise ValidationError(f"Tool type '{kind}' is not supported", "tool_choice.type")
     if kind == "function" and not isinstance(choice.get("name"), str):
         raise ValidationError("A function tool_choice needs the 'name' of the function.", "tool_choice.name")
-
-
-def check_input_items(items):
-    for index, item in enumerate(items):
-        path = f"input[{index}]"
-        if not isinstance(item, dict):
-            raise ValidationError("expected an object", path)
-        kind = item.get("type")
-        role = item.get("role")
-        if kind is not None and not isinstance(kind, str):
-            raise ValidationError("expected a string", path + ".type")
-        if kind is None and role is None:
-            raise ValidationError("Each input item needs a 'type' or a 'role'.", path)
-        if kind == "message" and role is None:
-            raise ValidationError("missing", path + ".role")
-        if role is not None and kind in (None, "message"):
-            check_message_item(item, path)
-        elif kind == "input_file":
-            check_part(item, path)
-        elif kind == "function_call_output":
-            if not isinstance(item.get("call_id"), str):
-                raise ValidationError("A function_call_output needs the 'call_id' of its call.", path + ".call_id")
-            if isinstance(item.get("output"), list):
-                check_parts(item["output"], path + ".output")
-        elif kind == "additional_tools":
-            tools = item.get("tools")
-            if tools is not None:
-                if not isinstance(tools, list):
-                    raise ValidationError("expected an array", path + ".tools")
-                for position, tool in enumerate(tools):
-                    tool_path = f"{path}.tools[{position}]"
-                    if not isinstance(tool, dict):
-                        raise ValidationError("expected an object", tool_path)
-                    if not isinstance(tool.get("type"), str):
-                        raise ValidationError("expected a string", tool_path + ".type")
-                    check_tool(tool, tool_path)
-
-
-def check_message_item(item, path):
-    role = item["role"]
-    if not isinstance(role, str):
-        raise ValidationError("expected a string", path + ".role")
-    if role not in MESSAGE_ROLES:
-        raise ValidationError(
-            f"Invalid value for '{{param}}': '{role}'; expected one of {quoted(MESSAGE_ROLES)}.", path + ".role")
-    content = item.get("content")
-    if content is None:
-        if role in ("user", "system", "developer"):
-            raise ValidationError(f"A {role} message needs 'content'.", path + ".content")
-    elif isinstance(content, list):
-        check_parts(content, path + ".content")
-    elif not isinstance(content, str):
-        raise ValidationError("expected a string or an array of content parts", path + ".content")
-    if role == "tool" and not isinstance(item.get("tool_call_id") or item.get("call_id"), str):
-        raise ValidationError("A tool message needs the 'tool_call_id' of the call it answers.",
-                              path + ".tool_call_id")
-
-
-def check_parts(parts, path):
-    for index, part in enumerate(parts):
-        check_part(part, f"{path}[{index}]")
-
-
-def check_part(part, path):
-    if not isinstance(part, dict):
-        raise ValidationError("expected an object", path)
-    kind = part.get("type")
-    if not isinstance(kind, str):
-        raise ValidationError("expected a string", path + ".type")
-    if kind == "input_file" and part.get("file_id") is not None:
-        raise ValidationError(
-            "input_file.file_id is not supported: send the file inline with 'file_data' or by 'file_url'.",
-            path + ".file_id")
 
 
 REQUEST_SCHEMA = ResponsesRequestSchema()

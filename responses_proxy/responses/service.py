@@ -6,8 +6,8 @@ import time
 import orjson
 
 from .. import relay
-from ..conversations.service import conversation_id_of
 from ..errors import ApiError, InvalidRequest, ModelNotAllowed, UpstreamError, UsageLimitReached
+from ..items import conversation_id_of
 from ..upstream.client import UpstreamUnavailable, error_for_status, read_error_body, upstream_headers
 from ..upstream.oauth import RefreshFailed
 from ..upstream.pool import affinity_key
