@@ -3,20 +3,30 @@
 Both take arrays of input items (a response's ``input``, a conversation's ``items``), check
 them by the same rules, store and send them in the same normalized form, and name
 conversations the same way. Both API packages depend on this module, never on each other.
+
+The checks are the fast validator of ``validation``'s docstring: plain loops over the items
+and tools of a request, which raise the ``InvalidRequest`` a schema would have led to, worded
+by ``validation.refusal``.
 """
 
+import operator
 import re
 
-from marshmallow import ValidationError
-
-from .validation import quoted
+from .validation import ABSENT, EXPECTED, MISSING, quoted, refusal
 
 CONVERSATION_ID = re.compile(r"^conv_[A-Za-z0-9_-]{1,95}$")
 UNSUPPORTED_TOOL_TYPES = frozenset((
     "file_search", "code_interpreter", "computer_use", "computer_use_preview", "image_generation"))
 MESSAGE_ROLES = ("user", "assistant", "system", "developer", "tool")
+# Refusals that the schemas of chat messages give too (``validate.OneOf`` fills in ``input``).
+ROLE_ERROR = "Invalid value for '{{param}}': '{input}'; expected one of " + quoted(MESSAGE_ROLES) + "."
+FILE_ID_ERROR = "input_file.file_id is not supported: send the file inline with 'file_data' or by 'file_url'."
+# (name, JSON type, expected) of the fields a tool may have (or leave null), in the order their
+# errors are reported after its required ``type``.
+OPTIONAL_TOOL_FIELDS = (("name", str, "a string"), ("description", str, "a string"),
+                        ("parameters", dict, "an object"), ("strict", bool, "a boolean"))
 # Chat-format leftovers that the Responses API has no place for inside input items.
-CHAT_ONLY_ITEM_FIELDS = ("reasoning_content", "reasoning_details", "tool_calls", "function_call")
+CHAT_ONLY_ITEM_FIELDS = frozenset(("reasoning_content", "reasoning_details", "tool_calls", "function_call"))
 CONTENT_PART_TYPES = frozenset(("input_text", "input_image", "input_file", "input_audio"))
 
 
@@ -26,88 +36,144 @@ def conversation_id_of(value):
 
 
 # -- checks ---------------------------------------------------------------------------------------
+# A check returns None, or the problem it found as (where, message, value): ``where`` is the
+# param relative to what was checked (".content[1].type"), ``message`` is worded for
+# ``validation.refusal``, ``value`` is what the param holds (for type errors). The param path
+# is built only for the problem reported, never for the hundreds of items that are fine.
 
 def check_items(items, path="input"):
+    """Raise ``InvalidRequest`` about the first input item of ``items`` that breaks a rule;
+    ``path`` is the param the array is (``input``, a conversation's ``items``)."""
     for index, item in enumerate(items):
-        item_path = f"{path}[{index}]"
-        if not isinstance(item, dict):
-            raise ValidationError("expected an object", item_path)
-        kind = item.get("type")
-        role = item.get("role")
-        if kind is not None and not isinstance(kind, str):
-            raise ValidationError("expected a string", item_path + ".type")
-        if kind is None and role is None:
-            raise ValidationError("Each input item needs a 'type' or a 'role'.", item_path)
-        if kind == "message" and role is None:
-            raise ValidationError("missing", item_path + ".role")
-        if role is not None and kind in (None, "message"):
-            check_message_item(item, item_path)
-        elif kind == "input_file":
-            check_part(item, item_path)
-        elif kind == "function_call_output":
-            if not isinstance(item.get("call_id"), str):
-                raise ValidationError("A function_call_output needs the 'call_id' of its call.",
-                                      item_path + ".call_id")
-            if isinstance(item.get("output"), list):
-                check_parts(item["output"], item_path + ".output")
-        elif kind == "additional_tools":
-            tools = item.get("tools")
-            if tools is not None:
-                if not isinstance(tools, list):
-                    raise ValidationError("expected an array", item_path + ".tools")
-                for position, tool in enumerate(tools):
-                    tool_path = f"{item_path}.tools[{position}]"
-                    if not isinstance(tool, dict):
-                        raise ValidationError("expected an object", tool_path)
-                    if not isinstance(tool.get("type"), str):
-                        raise ValidationError("expected a string", tool_path + ".type")
-                    check_tool(tool, tool_path)
+        problem = item_problem(item)
+        if problem is not None:
+            raise refusal(f"{path}[{index}]{problem[0]}", problem[1], problem[2])
 
 
-def check_message_item(item, path):
+def check_tools(tools, path="tools"):
+    """Raise ``InvalidRequest`` about the first tool of a request's ``tools`` that breaks a rule."""
+    for index, tool in enumerate(tools):
+        problem = tool_problem(tool)
+        if problem is not None:
+            raise refusal(f"{path}[{index}]{problem[0]}", problem[1], problem[2])
+
+
+def item_problem(item):
+    if not isinstance(item, dict):
+        return "", EXPECTED + "an object", item
+    kind = item.get("type")
+    if kind is None:
+        if item.get("role") is None:
+            return "", "Each input item needs a 'type' or a 'role'.", ABSENT
+        return message_problem(item)
+    if not isinstance(kind, str):
+        return ".type", EXPECTED + "a string", kind
+    if kind == "message":
+        if item.get("role") is None:
+            return ".role", MISSING, ABSENT
+        return message_problem(item)
+    check = ITEM_CHECKS.get(kind)
+    return None if check is None else check(item)
+
+
+def message_problem(item):
     role = item["role"]
     if not isinstance(role, str):
-        raise ValidationError("expected a string", path + ".role")
+        return ".role", EXPECTED + "a string", role
     if role not in MESSAGE_ROLES:
-        raise ValidationError(
-            f"Invalid value for '{{param}}': '{role}'; expected one of {quoted(MESSAGE_ROLES)}.", path + ".role")
+        return ".role", ROLE_ERROR.format(input=role), ABSENT
     content = item.get("content")
     if content is None:
         if role in ("user", "system", "developer"):
-            raise ValidationError(f"A {role} message needs 'content'.", path + ".content")
+            return ".content", f"A {role} message needs 'content'.", ABSENT
     elif isinstance(content, list):
-        check_parts(content, path + ".content")
+        problem = parts_problem(content)
+        if problem is not None:
+            return under(".content", problem)
     elif not isinstance(content, str):
-        raise ValidationError("expected a string or an array of content parts", path + ".content")
+        return ".content", EXPECTED + "a string or an array of content parts", content
     if role == "tool" and not isinstance(item.get("tool_call_id") or item.get("call_id"), str):
-        raise ValidationError("A tool message needs the 'tool_call_id' of the call it answers.",
-                              path + ".tool_call_id")
+        return ".tool_call_id", "A tool message needs the 'tool_call_id' of the call it answers.", ABSENT
+    return None
 
 
-def check_parts(parts, path):
+def function_call_output_problem(item):
+    if not isinstance(item.get("call_id"), str):
+        return ".call_id", "A function_call_output needs the 'call_id' of its call.", ABSENT
+    if isinstance(item.get("output"), list):
+        problem = parts_problem(item["output"])
+        if problem is not None:
+            return under(".output", problem)
+    return None
+
+
+def additional_tools_problem(item):
+    """The tools an ``additional_tools`` item brings (newer Codex models send them in ``input``)."""
+    tools = item.get("tools")
+    if tools is None:
+        return None
+    if not isinstance(tools, list):
+        return ".tools", EXPECTED + "an array", tools
+    for index, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            problem = "", EXPECTED + "an object", tool
+        elif not isinstance(tool.get("type"), str):
+            problem = ".type", EXPECTED + "a string", tool.get("type", ABSENT)
+        else:
+            problem = tool_rule_problem(tool)
+        if problem is not None:
+            return under(f".tools[{index}]", problem)
+    return None
+
+
+def parts_problem(parts):
     for index, part in enumerate(parts):
-        check_part(part, f"{path}[{index}]")
+        problem = part_problem(part)
+        if problem is not None:
+            return under(f"[{index}]", problem)
+    return None
 
 
-def check_part(part, path):
+def part_problem(part):
     if not isinstance(part, dict):
-        raise ValidationError("expected an object", path)
+        return "", EXPECTED + "an object", part
     kind = part.get("type")
     if not isinstance(kind, str):
-        raise ValidationError("expected a string", path + ".type")
+        return ".type", EXPECTED + "a string", part.get("type", ABSENT)
     if kind == "input_file" and part.get("file_id") is not None:
-        raise ValidationError(
-            "input_file.file_id is not supported: send the file inline with 'file_data' or by 'file_url'.",
-            path + ".file_id")
+        return ".file_id", FILE_ID_ERROR, ABSENT
+    return None
 
 
-def check_tool(tool, path):
-    prefix = path + "." if path else ""
+ITEM_CHECKS = {"input_file": part_problem, "function_call_output": function_call_output_problem,
+               "additional_tools": additional_tools_problem}
+
+
+def tool_problem(tool):
+    if not isinstance(tool, dict):
+        return "", EXPECTED + "an object", tool
+    kind = tool.get("type")
+    if not isinstance(kind, str):
+        return ".type", EXPECTED + "a string" if "type" in tool else MISSING, kind
+    for name, types, expected in OPTIONAL_TOOL_FIELDS:
+        value = tool.get(name)
+        if value is not None and not isinstance(value, types):
+            return f".{name}", EXPECTED + expected, value
+    return tool_rule_problem(tool)
+
+
+def tool_rule_problem(tool):
     kind = tool["type"]
     if kind in UNSUPPORTED_TOOL_TYPES:
-        raise ValidationError(f"Tool type '{kind}' is not supported", prefix + "type")
+        return ".type", f"Tool type '{kind}' is not supported", ABSENT
     if kind == "function" and not tool.get("name"):
-        raise ValidationError("A function tool needs a 'name'.", prefix + "name")
+        return ".name", "A function tool needs a 'name'.", ABSENT
+    return None
+
+
+def under(prefix, problem):
+    """``problem`` of something found at ``prefix`` inside what is being checked."""
+    return prefix + problem[0], problem[1], problem[2]
 
 
 # -- normalization --------------------------------------------------------------------------------
@@ -137,13 +203,19 @@ def normalize_item(item):
     if role is not None and item.get("type", "message") == "message":
         if role == "tool":
             return tool_result(item.get("tool_call_id") or item.get("call_id"), item.get("content"))
+        content = item.get("content")
+        parts = normalize_content(role, content)
+        if parts is content and "type" in item and CHAT_ONLY_ITEM_FIELDS.isdisjoint(item):
+            return item  # already a Responses message, as the Codex CLI sends them
         message = strip_chat_fields(item)
         message["type"] = "message"
-        message["content"] = normalize_content(role, item.get("content"))
+        message["content"] = parts
         return message
     if item.get("type") == "additional_tools" and isinstance(item.get("tools"), list):
-        item = {**item, "tools": normalize_tools(item["tools"])}
-    if any(field in item for field in CHAT_ONLY_ITEM_FIELDS):
+        tools = normalize_tools(item["tools"])
+        if tools is not item["tools"]:
+            item = {**item, "tools": tools}
+    if not CHAT_ONLY_ITEM_FIELDS.isdisjoint(item):
         return strip_chat_fields(item)
     return item
 
@@ -153,12 +225,14 @@ def strip_chat_fields(item):
 
 
 def normalize_content(role, content):
-    """Message content as Responses parts: assistant text is ``output_text``, the rest input parts."""
+    """Message content as Responses parts: assistant text is ``output_text``, the rest input parts.
+    A list none of whose parts changes is returned as it is."""
     if content is None:
         return []
     if isinstance(content, str):
         return [{"type": "output_text" if role == "assistant" else "input_text", "text": content}]
-    return [normalize_part(role, part) for part in content]
+    parts = [normalize_part(role, part) for part in content]
+    return content if all(map(operator.is_, parts, content)) else parts
 
 
 def normalize_part(role, part):
@@ -200,4 +274,7 @@ def tool_output(content):
 
 
 def normalize_tools(tools):
+    """``web_search_preview`` tools as ``web_search``; a list without one is returned as it is."""
+    if not any(tool.get("type") == "web_search_preview" for tool in tools):
+        return tools
     return [{**tool, "type": "web_search"} if tool.get("type") == "web_search_preview" else tool for tool in tools]

@@ -3,7 +3,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 from ..auth import require_api_key
 from ..items import normalize_input
 from ..requestbody import read_json_body
-from ..validation import load, load_query
+from ..validation import load
 from . import schemas
 
 bp = Blueprint("conversations", __name__, url_prefix="/v1/conversations")
@@ -49,7 +49,7 @@ def delete_conversation(conversation_id):
 @bp.get("/<conversation_id>/items")
 @require_api_key
 def list_items(conversation_id):
-    query = load_query(schemas.LIST_ITEMS, request.args)
+    query = load(schemas.LIST_ITEMS, request.args.to_dict())
     return jsonify(service().list_items(g.api_key, conversation_id, query["limit"], query["after"], query["order"]))
 
 

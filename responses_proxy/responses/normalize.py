@@ -10,12 +10,12 @@ from ..items import normalize_content, normalize_input, normalize_tools, tool_re
 STRIPPED_FIELDS = ("safety_identifier", "prompt_cache_retention", "temperature", "max_output_tokens")
 # Handled by the gateway itself (or refused by validation): never forwarded.
 GATEWAY_FIELDS = ("conversation", "previous_response_id", "truncation", "messages")
+NOT_FORWARDED = frozenset(STRIPPED_FIELDS + GATEWAY_FIELDS)
 
 
 def to_upstream(body):
     """The upstream body for a validated request body."""
-    out = {key: value for key, value in body.items()
-           if key not in STRIPPED_FIELDS and key not in GATEWAY_FIELDS}
+    out = {key: value for key, value in body.items() if key not in NOT_FORWARDED}
     instructions = body.get("instructions") or ""
     if body.get("messages") is not None:
         system_text, items = messages_to_items(body["messages"])

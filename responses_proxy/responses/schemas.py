@@ -2,17 +2,23 @@
 
 Each failure names the problem and the ``param`` it is about (``tools[2].type``,
 ``input[0].content[1].file_id``...). Unknown top-level fields pass through untouched; new
-client fields must not break clients. Input items are checked by a plain loop in a schema
-validator rather than nested schemas: a Codex history holds hundreds of items. Tools too, by a
-field that gives the errors a nested schema would: a Codex request carries a dozen on every turn.
+client fields must not break clients. The input items and the tools are checked by the fast
+loops of ``items`` (see ``validation``) once every field has its type.
 """
 
-from marshmallow import ValidationError, fields, validates_schema
+from marshmallow import ValidationError, fields, validate, validates_schema
 
-from ..items import CONVERSATION_ID, MESSAGE_ROLES, UNSUPPORTED_TOOL_TYPES, check_items, check_parts, check_tool
+from ..items import (
+    CONVERSATION_ID,
+    FILE_ID_ERROR,
+    MESSAGE_ROLES,
+    ROLE_ERROR,
+    UNSUPPORTED_TOOL_TYPES,
+    check_items,
+    check_tools,
+)
 from ..validation import (
     EXPECTED,
-    MISSING,
     Array,
     Boolean,
     Integer,
@@ -22,6 +28,7 @@ from ..validation import (
     Passthrough,
     String,
     StringOrArray,
+    StringOrList,
     StringOrObject,
     field,
     load,
@@ -48,19 +55,16 @@ class ReasoningSchema(Passthrough):
 
 
 class TextFormatSchema(Passthrough):
-    type = field(String, "a string", required=True, allow_none=False)
+    type = field(String, "a string", required=True, allow_none=False, validate=validate.OneOf(
+        TEXT_FORMAT_TYPES, error="Invalid value for '{{param}}': '{input}'; "
+                                 "supported values are 'text', 'json_object' and 'json_schema'."))
     name = field(String, "a string")
     schema = field(Object, "an object")
     strict = field(Boolean, "a boolean")
     description = field(String, "a string")
 
-    @validates_schema
-    def check_type(self, data, **kwargs):
-        if data["type"] not in TEXT_FORMAT_TYPES:
-            raise ValidationError(
-                f"Invalid value for '{{param}}': '{data['type']}'; "
-                "supported values are 'text', 'json_object' and 'json_schema'.",
-                "type")
+    @validates_schema(skip_on_field_errors=True)
+    def check_json_schema(self, data, **kwargs):
         if data["type"] == "json_schema":
             if not data.get("name"):
                 raise ValidationError("A json_schema format needs a 'name'.", "name")
@@ -84,64 +88,54 @@ class ToolCallSchema(Passthrough):
     function = Nested(FunctionSchema, "an object", required=True, allow_none=False)
 
 
+class ContentPartSchema(Passthrough):
+    # An absent type reads "expected a string", as it does for the parts of input items.
+    type = field(String, "a string", EXPECTED + "a string", required=True, allow_none=False)
+
+    @validates_schema(skip_on_field_errors=True)
+    def check_file(self, data, **kwargs):
+        if data["type"] == "input_file" and data.get("file_id") is not None:
+            raise ValidationError(FILE_ID_ERROR, "file_id")
+
+
 class MessageSchema(Passthrough):
-    role = field(String, "a string", required=True, allow_none=False)
-    content = field(StringOrArray, "a string or an array of content parts")
+    role = field(String, "a string", required=True, allow_none=False,
+                 validate=validate.OneOf(MESSAGE_ROLES, error=ROLE_ERROR))
+    content = field(StringOrList, "a string or an array of content parts",
+                    cls_or_instance=Nested(ContentPartSchema, "an object", allow_none=False))
     tool_call_id = field(String, "a string")
     tool_calls = nested_list(ToolCallSchema, "an object")
 
     @validates_schema(skip_on_field_errors=True)
-    def check_message(self, data, **kwargs):
-        role = data["role"]
-        if role not in MESSAGE_ROLES:
-            raise ValidationError(
-                f"Invalid value for '{{param}}': '{role}'; expected one of {quoted(MESSAGE_ROLES)}.", "role")
-        if role == "tool" and not data.get("tool_call_id"):
+    def check_tool_message(self, data, **kwargs):
+        if data["role"] == "tool" and not data.get("tool_call_id"):
             raise ValidationError("A tool message needs the 'tool_call_id' of the call it answers.",
                                   "tool_call_id")
-        if isinstance(data.get("content"), list):
-            check_parts(data["content"], "content")
 
 
-class Tools(Array):
-    """An array of tool objects, each checked as a nested schema with these fields and
-    ``check_tool`` would check it, with the same errors, in a plain loop."""
-
-    # (name, JSON types, expected) of a tool's typed fields, in the order their errors are reported;
-    # ``type`` is required, the others may be null.
-    FIELDS = (("type", (str,), "a string"), ("name", (str,), "a string"), ("description", (str,), "a string"),
-              ("parameters", (dict,), "an object"), ("strict", (bool,), "a boolean"))
-
-    def _deserialize(self, value, attr, data, **kwargs):
-        super()._deserialize(value, attr, data, **kwargs)
-        for index, tool in enumerate(value):
-            errors = tool_errors(tool)
-            if errors:
-                raise ValidationError({index: errors})
-        return value
+def check_tool_choice(choice):
+    if isinstance(choice, str):
+        if choice not in TOOL_CHOICE_MODES:
+            raise ValidationError(
+                f"Invalid value for '{{param}}': '{choice}'; expected {quoted(TOOL_CHOICE_MODES)} or an object.")
+        return
+    kind = choice.get("type")
+    if not isinstance(kind, str):
+        raise ValidationError({"type": [EXPECTED + "a string"]})
+    if kind in UNSUPPORTED_TOOL_TYPES:
+        raise ValidationError({"type": [f"Tool type '{kind}' is not supported"]})
+    if kind == "function" and not isinstance(choice.get("name"), str):
+        raise ValidationError({"name": ["A function tool_choice needs the 'name' of the function."]})
 
 
-def tool_errors(tool):
-    """What a nested tool schema reports about ``tool``: marshmallow's error messages, or None."""
-    if tool is None:
-        return [EXPECTED + "an object"]
-    if not isinstance(tool, dict):
-        return {"_schema": [EXPECTED + "an object"]}
-    errors = {}
-    for name, types, expected in Tools.FIELDS:
-        value = tool.get(name)
-        if value is None:
-            if name == "type":
-                errors[name] = [MISSING if name not in tool else EXPECTED + expected]
-        elif not isinstance(value, types):
-            errors[name] = [EXPECTED + expected]
-    if errors:
-        return errors
-    try:
-        check_tool(tool, "")
-    except ValidationError as exc:
-        return {exc.field_name: exc.messages}
-    return None
+def check_conversation(conversation):
+    if isinstance(conversation, dict):
+        if not isinstance(conversation.get("id"), str):
+            raise ValidationError({"id": [EXPECTED + "a string"]})
+        conversation = conversation["id"]
+    if not CONVERSATION_ID.match(conversation):
+        raise ValidationError(
+            "Invalid value for '{param}': expected 'conv_' followed by letters, digits, '_' or '-'.")
 
 
 class ResponsesRequestSchema(Passthrough):
@@ -149,17 +143,22 @@ class ResponsesRequestSchema(Passthrough):
     input = field(StringOrArray, "a string or an array of input items")
     messages = nested_list(MessageSchema, "an object")
     instructions = field(String, "a string")
-    tools = field(Tools, "an array")
-    tool_choice = field(StringOrObject, "a string or an object")
+    tools = field(Array, "an array")
+    tool_choice = field(StringOrObject, "a string or an object", validate=check_tool_choice)
     parallel_tool_calls = field(Boolean, "a boolean")
     reasoning = Nested(ReasoningSchema, "an object")
     text = Nested(TextSchema, "an object")
     stream = field(Boolean, "a boolean")
-    include = field(fields.List, "an array", cls_or_instance=field(String, "a string", allow_none=False))
-    conversation = field(StringOrObject, "a string or an object with an 'id'")
+    include = field(fields.List, "an array", cls_or_instance=field(String, "a string", allow_none=False,
+                    validate=validate.OneOf(INCLUDE_VALUES, error=(
+                        "Invalid value for '{{param}}': unknown include value '{input}'. "
+                        f"Supported values: {quoted(INCLUDE_VALUES)}."))))
+    conversation = field(StringOrObject, "a string or an object with an 'id'", validate=check_conversation)
     previous_response_id = field(fields.Raw, "a string")
-    store = field(Boolean, "a boolean")
-    truncation = field(fields.Raw, "a string")
+    store = field(Boolean, "a boolean", validate=validate.Equal(
+        False, error="'store' must be false or omitted: responses are not stored."))
+    # Any value but null is refused.
+    truncation = field(fields.Raw, "a string", validate=validate.Equal(None, error="'truncation' is not supported."))
     prompt_cache_key = field(String, "a string")
     metadata = field(Object, "an object")
     # Stripped before forwarding, but a wrong type is still the client's mistake to hear about.
@@ -170,6 +169,8 @@ class ResponsesRequestSchema(Passthrough):
 
     @validates_schema(skip_on_field_errors=True)
     def check_request(self, data, **kwargs):
+        if data.get("tools"):
+            check_tools(data["tools"])
         has_input = data.get("input") is not None
         has_messages = data.get("messages") is not None
         if has_input and has_messages:
@@ -186,48 +187,11 @@ class ResponsesRequestSchema(Passthrough):
             raise ValidationError(
                 "'previous_response_id' is not supported: responses are not stored. "
                 "Use 'conversation' for multi-turn context.", "previous_response_id")
-        if data.get("store") is True:
-            raise ValidationError("'store' must be false or omitted: responses are not stored.", "store")
-        if data.get("truncation") is not None:
-            raise ValidationError("'truncation' is not supported.", "truncation")
-        conversation = data.get("conversation")
-        if isinstance(conversation, dict):
-            if not isinstance(conversation.get("id"), str):
-                raise ValidationError("expected a string", "conversation.id")
-            conversation = conversation["id"]
-        if conversation is not None and not CONVERSATION_ID.match(conversation):
-            raise ValidationError("Invalid value for '{param}': expected 'conv_' followed by letters, digits, "
-                                  "'_' or '-'.", "conversation")
-        choice = data.get("tool_choice")
-        if isinstance(choice, str) and choice not in TOOL_CHOICE_MODES:
-            raise ValidationError(
-                f"Invalid value for '{{param}}': '{choice}'; expected {quoted(TOOL_CHOICE_MODES)} or an object.",
-                "tool_choice")
-        if isinstance(choice, dict):
-            check_tool_choice(choice)
-        for index, value in enumerate(data.get("include") or ()):
-            if value not in INCLUDE_VALUES:
-                raise ValidationError(
-                    f"Invalid value for '{{param}}': unknown include value '{value}'. "
-                    f"Supported values: {quoted(INCLUDE_VALUES)}.",
-                    f"include[{index}]")
-
-
-def check_tool_choice(choice):
-    kind = choice.get("type")
-    if not isinstance(kind, str):
-        raise ValidationError("expected a string", "tool_choice.type")
-    if kind in UNSUPPORTED_TOOL_TYPES:
-        raise ValidationError(f"Tool type '{kind}' is not supported", "tool_choice.type")
-    if kind == "function" and not isinstance(choice.get("name"), str):
-        raise ValidationError("A function tool_choice needs the 'name' of the function.", "tool_choice.name")
 
 
 REQUEST_SCHEMA = ResponsesRequestSchema()
 
 
 def validate_request(body):
-    """Check a parsed JSON body; returns it (unchanged) or raises ``InvalidRequest``."""
+    """The loaded body (see ``validation.load``), or ``InvalidRequest``."""
     return load(REQUEST_SCHEMA, body)
-
-
