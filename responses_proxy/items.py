@@ -14,7 +14,8 @@ import re
 
 from .validation import ABSENT, EXPECTED, MISSING, quoted, refusal
 
-CONVERSATION_ID = re.compile(r"^conv_[A-Za-z0-9_-]{1,95}$")
+# "conv_" and up to 95 letters, digits, "_" or "-": the id column holds 100 characters.
+CONVERSATION_ID = re.compile(r"conv_[A-Za-z0-9_-]{1,95}")
 UNSUPPORTED_TOOL_TYPES = frozenset((
     "file_search", "code_interpreter", "computer_use", "computer_use_preview", "image_generation"))
 MESSAGE_ROLES = ("user", "assistant", "system", "developer", "tool")
@@ -28,6 +29,12 @@ OPTIONAL_TOOL_FIELDS = (("name", str, "a string"), ("description", str, "a strin
 # Chat-format leftovers that the Responses API has no place for inside input items.
 CHAT_ONLY_ITEM_FIELDS = frozenset(("reasoning_content", "reasoning_details", "tool_calls", "function_call"))
 CONTENT_PART_TYPES = frozenset(("input_text", "input_image", "input_file", "input_audio"))
+
+
+def is_conversation_id(value):
+    """Whether the whole of ``value`` is a conversation id (``match`` with ``$`` would also take
+    one followed by a newline)."""
+    return CONVERSATION_ID.fullmatch(value) is not None
 
 
 def conversation_id_of(value):

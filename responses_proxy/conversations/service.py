@@ -6,7 +6,7 @@ import time
 import orjson
 
 from ..errors import Conflict, NotFound
-from ..items import CONVERSATION_ID
+from ..items import is_conversation_id
 from ..store import conversations as store
 
 # A turn holds the conversation for this long without a sign of life; a streaming turn
@@ -84,7 +84,7 @@ class ConversationService:
         self.max_items = config["CONVERSATION_MAX_ITEMS"]
 
     def owned(self, key, conversation_id):
-        row = store.get(self.engine, conversation_id) if CONVERSATION_ID.match(conversation_id) else None
+        row = store.get(self.engine, conversation_id) if is_conversation_id(conversation_id) else None
         if row is None or row["key_id"] != key["id"]:
             raise not_found()  # another key's conversation does not exist, as far as this key knows
         return row

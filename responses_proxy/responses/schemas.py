@@ -9,13 +9,13 @@ loops of ``items`` (see ``validation``) once every field has its type.
 from marshmallow import ValidationError, fields, validate, validates_schema
 
 from ..items import (
-    CONVERSATION_ID,
     FILE_ID_ERROR,
     MESSAGE_ROLES,
     ROLE_ERROR,
     UNSUPPORTED_TOOL_TYPES,
     check_items,
     check_tools,
+    is_conversation_id,
 )
 from ..validation import (
     EXPECTED,
@@ -133,7 +133,7 @@ def check_conversation(conversation):
         if not isinstance(conversation.get("id"), str):
             raise ValidationError({"id": [EXPECTED + "a string"]})
         conversation = conversation["id"]
-    if not CONVERSATION_ID.match(conversation):
+    if not is_conversation_id(conversation):
         raise ValidationError(
             "Invalid value for '{param}': expected 'conv_' followed by letters, digits, '_' or '-'.")
 

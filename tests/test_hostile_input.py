@@ -1,0 +1,57 @@
+"""What one request may carry: limits and shapes a hostile or broken client could send.
+
+Each refusal is a 400 envelope naming the param, given before anything reaches the upstream
+(an account is configured, so a request that slipped through WOULD reach the fake upstream)
+or the database.
+"""
+
+import json
+
+import pytest
+
+from responses_proxy.store import keys as key_store
+from responses_proxy.store.accounts import upsert
+from responses_proxy.upstream.credentials import parse_auth_json
+from tests.conftest import make_app
+from tests.fake_upstream import auth_json
+
+URL = "/v1/responses"
+MODEL = "gpt-5.2"
+INVALID = "invalid_request_error"
+
+
+@pytest.fixture(scope="module")
+def hostile_app(fake_upstream, tmp_path_factory):
+    app = make_app(tmp_path_factory.mktemp("hostile"), fake_upstream.base_url)
+    services = app.extensions["responses_proxy"]
+    upsert(services.engine, services.cipher, parse_auth_json(json.dumps(auth_json()).encode()))
+    app.auth = {"Authorization": f"Bearer {key_store.create(services.engine, 'hostile')['key']}"}
+    yield app
+    services.engine.dispose()
+
+
+@pytest.fixture
+def send(hostile_app, upstream):
+    """POST a JSON body to ``path`` of the module's app (fake upstream reset); returns the reply."""
+    client = hostile_app.test_client()
+
+    def post(body, path=URL):
+        return client.post(path, json=body, headers=hostile_app.auth)
+
+    return post
+
+
+def refused(reply, param):
+    """The error of a 400 reply about ``param``."""
+    assert reply.status_code == 400, reply.get_data(as_text=True)
+    error = reply.get_json()["error"]
+    assert (error["type"], error["code"], error["param"]) == (INVALID, INVALID, param), error
+    return error
+
+
+@pytest.mark.parametrize("conversation", ["conv_abc\n", {"id": "conv_abc\n"}, "conv_abc\r\n"])
+def test_a_conversation_id_followed_by_a_newline_is_refused(send, upstream, conversation):
+    error = refused(send({"model": MODEL, "input": "hi", "conversation": conversation}), "conversation")
+    assert error["message"] == ("Invalid value for 'conversation': expected 'conv_' followed by letters, "
+                                "digits, '_' or '-'.")
+    assert upstream.response_requests() == []
