@@ -11,8 +11,10 @@ class Services:
 
     def __init__(self, config):
         from .catalog.service import Catalog
+        from .conversations.schemas import CreateConversationSchema
         from .conversations.service import ConversationService
         from .crypto import cipher_for
+        from .responses.schemas import ResponsesRequestSchema
         from .responses.service import ResponsesService
         from .store import make_engine
         from .store.recorder import UsageRecorder
@@ -29,6 +31,9 @@ class Services:
         self.conversations = ConversationService(self.engine, config)
         self.responses = ResponsesService(self.pool, self.client, self.catalog, self.recorder, self.conversations,
                                           config)
+        # The request contracts whose limits are settings.
+        self.request_schema = ResponsesRequestSchema(max_input_items=config["MAX_INPUT_ITEMS"])
+        self.create_conversation_schema = CreateConversationSchema(max_items=config["MAX_INPUT_ITEMS"])
 
 
 def create_app(config=None):

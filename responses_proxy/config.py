@@ -57,6 +57,9 @@ SETTINGS = (
     Setting("KEEPALIVE_SECONDS", _positive(float), 15.0,
             "A streaming client gets a ': keepalive' comment after this many silent seconds."),
     Setting("MAX_BODY_BYTES", _positive(int), 64 * 1024 * 1024, "Largest accepted request body (413 above it)."),
+    Setting("MAX_INPUT_ITEMS", _positive(int), 20000,
+            "Most items one request may carry in `input` (or `messages`, or a new conversation's `items`); "
+            "400 above it."),
     Setting("MODELS_CACHE_SECONDS", _positive(float), 300.0, "How long each worker keeps the upstream model catalog."),
     Setting("DEFAULT_COOLDOWN_SECONDS", _positive(float), 60.0,
             "Cooldown of an account whose usage-limit error names no reset time."),

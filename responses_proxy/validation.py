@@ -32,6 +32,11 @@ class Strict:
             raise self.make_error("invalid")
         return value
 
+    def _validate(self, value):
+        # marshmallow builds a chain of the validators on every call, even of none.
+        if self.validators:
+            super()._validate(value)
+
 
 def field(kind, expected, missing=MISSING, **kwargs):
     """A ``kind`` field whose type errors say it expected ``expected`` (and, when absent while
@@ -111,6 +116,15 @@ class Passthrough(Schema):
         return {key: loaded[key] for key in data}
 
 
+def check_sizes(data, names, limit):
+    """Refuse, before anything walks them, arrays among ``data[names]`` longer than ``limit``."""
+    for name in names:
+        value = data.get(name)
+        if isinstance(value, list) and len(value) > limit:
+            raise ValidationError(
+                f"'{name}' holds {len(value)} items; this gateway accepts at most {limit} per request.", name)
+
+
 def quoted(values):
     return ", ".join(f"'{value}'" for value in values)
 
@@ -123,7 +137,7 @@ def load(schema, data):
     try:
         return schema.load(data)
     except ValidationError as exc:
-        param, message = first_error(exc.messages)
+        param, message = first_error(exc.normalized_messages())
         raise refusal(param, message, lookup(data, param)) from None
 
 

@@ -55,3 +55,42 @@ def test_a_conversation_id_followed_by_a_newline_is_refused(send, upstream, conv
     assert error["message"] == ("Invalid value for 'conversation': expected 'conv_' followed by letters, "
                                 "digits, '_' or '-'.")
     assert upstream.response_requests() == []
+
+
+@pytest.fixture
+def small_limits(tmp_path, upstream):
+    """An app (one account, one key) that accepts at most 3 input items per request."""
+    app = make_app(tmp_path, upstream.base_url, MAX_INPUT_ITEMS=3)
+    services = app.extensions["responses_proxy"]
+    upsert(services.engine, services.cipher, parse_auth_json(json.dumps(auth_json()).encode()))
+    headers = {"Authorization": f"Bearer {key_store.create(services.engine, 'small')['key']}"}
+    client = app.test_client()
+    yield lambda body, path=URL: client.post(path, json=body, headers=headers)
+    services.engine.dispose()
+
+
+def user_items(count):
+    return [{"role": "user", "content": f"item {number}"} for number in range(count)]
+
+
+@pytest.mark.parametrize("field, path", [("input", URL), ("messages", URL), ("items", "/v1/conversations")])
+def test_more_input_items_than_the_setting_allows_is_400(small_limits, upstream, field, path):
+    body = {field: user_items(4)} if path != URL else {"model": MODEL, field: user_items(4)}
+
+    error = refused(small_limits(body, path), field)
+
+    assert error["message"] == f"'{field}' holds 4 items; this gateway accepts at most 3 per request."
+    assert upstream.response_requests() == []
+
+
+@pytest.mark.parametrize("field, path", [("input", URL), ("messages", URL), ("items", "/v1/conversations")])
+def test_as_many_input_items_as_the_setting_allows_are_accepted(small_limits, upstream, field, path):
+    body = {field: user_items(3)} if path != URL else {"model": MODEL, field: user_items(3)}
+    reply = small_limits(body, path)
+    assert reply.status_code == 200, reply.get_data(as_text=True)
+
+
+def test_the_item_count_is_checked_before_the_items(small_limits, upstream):
+    """A huge array is refused for its size before any of its items is looked at."""
+    error = refused(small_limits({"model": MODEL, "input": ["not an item"] * 4}), "input")
+    assert "holds 4 items" in error["message"]

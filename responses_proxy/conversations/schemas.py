@@ -3,7 +3,7 @@
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from ..items import check_items
-from ..validation import Array, Object, Passthrough, String, field, quoted
+from ..validation import Array, Object, Passthrough, String, check_sizes, field, quoted
 
 METADATA_MAX_KEYS = 16
 METADATA_MAX_KEY = 64
@@ -26,6 +26,16 @@ def metadata_field(**kwargs):
 
 
 class CreateConversationSchema(Passthrough):
+    """``max_items`` is ``RESPONSES_PROXY_MAX_INPUT_ITEMS``."""
+
+    def __init__(self, max_items, **kwargs):
+        super().__init__(**kwargs)
+        self.max_items = max_items
+
+    def load(self, data, **kwargs):
+        check_sizes(data, ("items",), self.max_items)
+        return super().load(data, **kwargs)
+
     items = field(Array, "an array")
     metadata = metadata_field()
 
@@ -62,7 +72,6 @@ class ListItemsQuery(Schema):
     include = fields.Raw(load_default=None)
 
 
-CREATE = CreateConversationSchema()
 UPDATE = UpdateConversationSchema()
 ADD_ITEMS = AddItemsSchema()
 LIST_ITEMS = ListItemsQuery()

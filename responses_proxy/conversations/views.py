@@ -13,6 +13,10 @@ def service():
     return current_app.extensions["responses_proxy"].conversations
 
 
+def create_schema():
+    return current_app.extensions["responses_proxy"].create_conversation_schema
+
+
 def body(schema, optional=False):
     if optional and not request.content_length and request.headers.get("Transfer-Encoding") is None:
         return {}
@@ -22,7 +26,7 @@ def body(schema, optional=False):
 @bp.post("")
 @require_api_key
 def create_conversation():
-    data = body(schemas.CREATE, optional=True)
+    data = body(create_schema(), optional=True)
     conversation, _ = service().create(g.api_key, data.get("metadata"), normalize_input(data.get("items") or []))
     return jsonify(conversation)
 

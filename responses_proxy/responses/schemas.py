@@ -6,6 +6,7 @@ client fields must not break clients. The input items and the tools are checked 
 loops of ``items`` (see ``validation``) once every field has its type.
 """
 
+from flask import current_app
 from marshmallow import ValidationError, fields, validate, validates_schema
 
 from ..items import (
@@ -30,6 +31,7 @@ from ..validation import (
     StringOrArray,
     StringOrList,
     StringOrObject,
+    check_sizes,
     field,
     load,
     nested_list,
@@ -139,6 +141,17 @@ def check_conversation(conversation):
 
 
 class ResponsesRequestSchema(Passthrough):
+    """The body of ``POST /v1/responses``; ``max_input_items`` is ``RESPONSES_PROXY_MAX_INPUT_ITEMS``."""
+
+    def __init__(self, max_input_items, **kwargs):
+        super().__init__(**kwargs)
+        self.max_input_items = max_input_items
+
+    def load(self, data, **kwargs):
+        # Sizes first, before anything walks the arrays (a pre_load hook costs more than the check).
+        check_sizes(data, ("input", "messages"), self.max_input_items)
+        return super().load(data, **kwargs)
+
     model = field(String, "a string", required=True, allow_none=False)
     input = field(StringOrArray, "a string or an array of input items")
     messages = nested_list(MessageSchema, "an object")
@@ -189,9 +202,7 @@ class ResponsesRequestSchema(Passthrough):
                 "Use 'conversation' for multi-turn context.", "previous_response_id")
 
 
-REQUEST_SCHEMA = ResponsesRequestSchema()
-
-
 def validate_request(body):
-    """The loaded body (see ``validation.load``), or ``InvalidRequest``."""
-    return load(REQUEST_SCHEMA, body)
+    """The loaded body (see ``validation.load``), or ``InvalidRequest``; the app's schema knows
+    its limits."""
+    return load(current_app.extensions["responses_proxy"].request_schema, body)
