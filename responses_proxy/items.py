@@ -12,6 +12,9 @@ by ``validation.refusal``.
 import operator
 import re
 
+import orjson
+
+from .errors import InvalidRequest
 from .validation import ABSENT, EXPECTED, MISSING, quoted, refusal
 
 # "conv_" and up to 95 letters, digits, "_" or "-": the id column holds 100 characters.
@@ -26,6 +29,9 @@ FILE_ID_ERROR = "input_file.file_id is not supported: send the file inline with 
 # errors are reported after its required ``type``.
 OPTIONAL_TOOL_FIELDS = (("name", str, "a string"), ("description", str, "a string"),
                         ("parameters", dict, "an object"), ("strict", bool, "a boolean"))
+# orjson reads JSON nested up to 1024 levels deep but writes at most this many: a body nested
+# deeper parses, yet can be neither forwarded nor stored.
+MAX_JSON_DEPTH = 254
 # Chat-format leftovers that the Responses API has no place for inside input items.
 CHAT_ONLY_ITEM_FIELDS = frozenset(("reasoning_content", "reasoning_details", "tool_calls", "function_call"))
 CONTENT_PART_TYPES = frozenset(("input_text", "input_image", "input_file", "input_audio"))
@@ -40,6 +46,25 @@ def is_conversation_id(value):
 def conversation_id_of(value):
     """The id from a validated request's ``conversation`` (a string or ``{"id": ...}``)."""
     return value.get("id") if isinstance(value, dict) else value
+
+
+def to_json(value, param=None):
+    """``value`` as JSON (``orjson.dumps``); nesting too deep to write is the client's 400, not a
+    500. Serialize the upstream body with this before anything is sent (a walk of every body
+    to measure its depth would cost more than the serialization itself)."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        if "Recursion limit" not in str(exc):
+            raise
+        raise InvalidRequest(f"The request nests arrays and objects too deeply to be forwarded upstream "
+                             f"(at most {MAX_JSON_DEPTH} levels).", param=param) from None
+
+
+def check_sendable(items, param):
+    """Refuse normalized items that could not be sent once they are in an upstream body's
+    ``input`` (two levels down): what a conversation stores is sent on its later turns."""
+    to_json({"input": items}, param)
 
 
 # -- checks ---------------------------------------------------------------------------------------

@@ -7,8 +7,12 @@ or the database.
 
 import json
 
+import orjson
 import pytest
 
+from responses_proxy.errors import InvalidRequest
+from responses_proxy.items import MAX_JSON_DEPTH, to_json
+from responses_proxy.store import conversations as conversation_store
 from responses_proxy.store import keys as key_store
 from responses_proxy.store.accounts import upsert
 from responses_proxy.upstream.credentials import parse_auth_json
@@ -94,3 +98,55 @@ def test_the_item_count_is_checked_before_the_items(small_limits, upstream):
     """A huge array is refused for its size before any of its items is looked at."""
     error = refused(small_limits({"model": MODEL, "input": ["not an item"] * 4}), "input")
     assert "holds 4 items" in error["message"]
+
+
+def nested(depth):
+    """An array nested ``depth`` levels deep (itself included)."""
+    value = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_to_json_writes_what_orjson_can():
+    value = {"input": nested(MAX_JSON_DEPTH - 1)}
+    assert to_json(value) == orjson.dumps(value)
+
+
+def test_to_json_refuses_deeper_nesting_as_the_clients_400():
+    with pytest.raises(InvalidRequest) as caught:
+        to_json({"input": nested(MAX_JSON_DEPTH)}, "input")
+    assert (caught.value.status, caught.value.param) == (400, "input")
+    assert caught.value.message == ("The request nests arrays and objects too deeply to be forwarded upstream "
+                                    f"(at most {MAX_JSON_DEPTH} levels).")
+
+
+def reasoning_item(depth):
+    """An item nested ``depth`` levels deep (itself included)."""
+    return {"type": "reasoning", "summary": nested(depth - 1)}
+
+
+def conversation_count(app):
+    with app.extensions["responses_proxy"].engine.connect() as conn:
+        return conn.exec_driver_sql("SELECT count(*) FROM conversations").scalar()
+
+
+def test_conversation_items_too_deep_to_send_later_are_refused(hostile_app, send, upstream):
+    """A stored item goes upstream two levels down (body, input) on every later turn."""
+    before = conversation_count(hostile_app)
+    error = refused(send({"items": [reasoning_item(MAX_JSON_DEPTH - 1)]}, "/v1/conversations"), "items")
+    assert "too deeply" in error["message"]
+    assert conversation_count(hostile_app) == before
+
+    created = send({"items": [reasoning_item(MAX_JSON_DEPTH - 2)]}, "/v1/conversations")
+    assert created.status_code == 200, created.get_data(as_text=True)
+    conversation = created.get_json()["id"]
+
+    path = f"/v1/conversations/{conversation}/items"
+    refused(send({"items": [reasoning_item(MAX_JSON_DEPTH - 1)]}, path), "items")
+    engine = hostile_app.extensions["responses_proxy"].engine
+    assert conversation_store.count_items(engine, conversation) == 1
+
+    reply = send({"model": MODEL, "input": "next", "conversation": conversation})
+    assert reply.status_code == 200, reply.get_data(as_text=True)
+    assert upstream.response_requests()[0]["body"]["input"][0] == reasoning_item(MAX_JSON_DEPTH - 2)

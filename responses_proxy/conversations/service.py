@@ -6,7 +6,7 @@ import time
 import orjson
 
 from ..errors import Conflict, NotFound
-from ..items import is_conversation_id
+from ..items import check_sendable, is_conversation_id
 from ..store import conversations as store
 
 # A turn holds the conversation for this long without a sign of life; a streaming turn
@@ -112,6 +112,7 @@ class ConversationService:
     # -- the Conversations API ------------------------------------------------------------
 
     def create(self, key, metadata, items):
+        check_sendable(items, "items")
         row, stored = store.create(self.engine, key["id"], metadata, items)
         return conversation_object(row), [item_object(item_id, item) for item_id, item in stored]
 
@@ -136,6 +137,7 @@ class ConversationService:
 
     def add_items(self, key, conversation_id, items):
         self.owned(key, conversation_id)
+        check_sendable(items, "items")
         owner = secrets.token_hex(8)
         if not store.acquire_turn(self.engine, conversation_id, owner, TURN_LEASE_SECONDS):
             raise Conflict("A turn of this conversation is in progress; add items when it has finished.",

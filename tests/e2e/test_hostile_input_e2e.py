@@ -4,8 +4,10 @@ Each is refused with a 400 envelope naming the param before anything reaches the
 the database, the same on SQLite and PostgreSQL; none is a 500 or a silent change.
 """
 
+import pytest
 import requests
 
+from responses_proxy.items import MAX_JSON_DEPTH
 from tests.e2e.conftest import error_of
 
 
@@ -49,3 +51,32 @@ def test_input_items_are_bounded_by_the_default_setting(e2e, upstream):
     accepted = post(e2e, "/v1/responses", {"model": "gpt-5.2", "input": codex_history(20000)})
     assert accepted.status_code == 200, accepted.text
     assert len(upstream.response_requests()[0]["body"]["input"]) == 20000
+
+
+def nested(depth):
+    value = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_conversation_items_nested_too_deeply_are_400_not_500(e2e, upstream):
+    deep = {"type": "reasoning", "summary": nested(300)}
+    created = post(e2e, "/v1/conversations", {"items": [deep]})
+    assert "too deeply" in refused(created, "items")["message"]
+
+    conversation = post(e2e, "/v1/conversations", {}).json()["id"]
+    added = post(e2e, f"/v1/conversations/{conversation}/items", {"items": [deep]})
+    refused(added, "items")
+
+
+@pytest.mark.xfail(strict=True, reason="needs ResponsesService.create to serialize the upstream body with "
+                                       "items.to_json instead of orjson.dumps")
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 1000])
+def test_a_body_nested_deeper_than_can_be_forwarded_is_400_not_500(e2e, upstream, depth):
+    levels = depth - 1  # the body itself is the first
+    raw = b'{"model": "gpt-5.2", "input": "hi", "client_metadata": ' + b"[" * levels + b"]" * levels + b"}"
+    reply = requests.post(e2e.url + "/v1/responses", data=raw, timeout=30, headers={
+        "Authorization": f"Bearer {e2e.key}", "Content-Type": "application/json"})
+    assert "too deeply" in refused(reply, None)["message"]
+    assert upstream.response_requests() == []
