@@ -150,3 +150,30 @@ def test_conversation_items_too_deep_to_send_later_are_refused(hostile_app, send
     reply = send({"model": MODEL, "input": "next", "conversation": conversation})
     assert reply.status_code == 200, reply.get_data(as_text=True)
     assert upstream.response_requests()[0]["body"]["input"][0] == reasoning_item(MAX_JSON_DEPTH - 2)
+
+
+@pytest.fixture
+def small_budget(tmp_path, upstream):
+    """An app (one account, one key) whose conversation turns send at most 3 items."""
+    app = make_app(tmp_path, upstream.base_url, CONVERSATION_MAX_ITEMS=3)
+    services = app.extensions["responses_proxy"]
+    upsert(services.engine, services.cipher, parse_auth_json(json.dumps(auth_json()).encode()))
+    headers = {"Authorization": f"Bearer {key_store.create(services.engine, 'budget')['key']}"}
+    client = app.test_client()
+    app.send = lambda body, path=URL: client.post(path, json=body, headers=headers)
+    yield app
+    services.engine.dispose()
+
+
+def test_a_turn_whose_input_alone_exceeds_the_conversation_budget_is_400(small_budget, upstream):
+    conversation = "conv_over_budget"
+    error = refused(small_budget.send({"model": MODEL, "input": user_items(4), "conversation": conversation}),
+                    "input")
+    assert error["message"] == "The input holds 4 items; a conversation turn sends at most 3, its history included."
+    assert upstream.response_requests() == []
+    engine = small_budget.extensions["responses_proxy"].engine
+    assert conversation_store.get(engine, conversation) is None
+
+    reply = small_budget.send({"model": MODEL, "input": user_items(3), "conversation": conversation})
+    assert reply.status_code == 200, reply.get_data(as_text=True)
+    assert len(upstream.response_requests()[0]["body"]["input"]) == 3

@@ -5,7 +5,7 @@ import time
 
 import orjson
 
-from ..errors import Conflict, NotFound
+from ..errors import Conflict, InvalidRequest, NotFound
 from ..items import check_sendable, is_conversation_id
 from ..store import conversations as store
 
@@ -91,6 +91,10 @@ class ConversationService:
 
     def begin_turn(self, key, conversation_id, new_item_count):
         """Hold the conversation for one turn (creating it for this key if the id is new)."""
+        if new_item_count > self.max_items:
+            # Leaving out all history would still send more than the budget: refused, not trimmed.
+            raise InvalidRequest(f"The input holds {new_item_count} items; a conversation turn sends at most "
+                                 f"{self.max_items}, its history included.", param="input")
         row = store.get(self.engine, conversation_id)
         if row is None:
             row, _ = store.create(self.engine, key["id"], conversation_id=conversation_id)

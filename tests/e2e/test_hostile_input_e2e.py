@@ -80,3 +80,14 @@ def test_a_body_nested_deeper_than_can_be_forwarded_is_400_not_500(e2e, upstream
         "Authorization": f"Bearer {e2e.key}", "Content-Type": "application/json"})
     assert "too deeply" in refused(reply, None)["message"]
     assert upstream.response_requests() == []
+
+
+def test_a_conversation_turn_larger_than_the_item_budget_is_refused_not_sent(e2e, upstream):
+    """CONVERSATION_MAX_ITEMS (default 1000) bounds what a turn sends, history included."""
+    turn = {"model": "gpt-5.2", "input": codex_history(1001), "conversation": "conv_budget_e2e"}
+    assert "at most 1000" in refused(post(e2e, "/v1/responses", turn), "input")["message"]
+    assert upstream.response_requests() == []
+
+    accepted = post(e2e, "/v1/responses", {**turn, "input": codex_history(1000)})
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.headers["X-Conversation-Items-Dropped"] == "0"
