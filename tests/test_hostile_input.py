@@ -177,3 +177,24 @@ def test_a_turn_whose_input_alone_exceeds_the_conversation_budget_is_400(small_b
     reply = small_budget.send({"model": MODEL, "input": user_items(3), "conversation": conversation})
     assert reply.status_code == 200, reply.get_data(as_text=True)
     assert len(upstream.response_requests()[0]["body"]["input"]) == 3
+
+
+PROMPT_CACHE_KEY_ERROR = ("Invalid value for 'prompt_cache_key': expected at most 256 printable ASCII characters, "
+                          "not starting or ending with a space.")
+
+
+@pytest.mark.parametrize("key", [
+    "thread\r\nX-Injected: 1", "thread\n", "thread\r", " leading-space", "trailing-space ", "tab\there", "nul\x00",
+    "del\x7f", "caf\u00e9", "\u65e5\u672c", "x" * 257,
+], ids=["crlf", "lf", "cr", "leading-space", "trailing-space", "tab", "nul", "del", "latin-1", "cjk", "257-chars"])
+def test_a_prompt_cache_key_that_is_no_header_value_is_refused(send, upstream, key):
+    error = refused(send({"model": MODEL, "input": "hi", "prompt_cache_key": key}), "prompt_cache_key")
+    assert error["message"] == PROMPT_CACHE_KEY_ERROR
+    assert upstream.response_requests() == []
+
+
+@pytest.mark.parametrize("key", ["0199a0b1-7c3e-7d2a-9f4e-5b6c7d8e9f00", "user 42 / session:7", "x" * 256, "~!"])
+def test_a_printable_ascii_prompt_cache_key_goes_upstream_as_the_session_id(send, upstream, key):
+    reply = send({"model": MODEL, "input": "hi", "prompt_cache_key": key})
+    assert reply.status_code == 200, reply.get_data(as_text=True)
+    assert upstream.response_requests()[0]["headers"]["session_id"] == key

@@ -40,6 +40,8 @@ from ..validation import (
 
 TOOL_CHOICE_MODES = ("none", "auto", "required")
 TEXT_FORMAT_TYPES = ("text", "json_object", "json_schema")
+PROMPT_CACHE_KEY_MAX = 256
+PROMPT_CACHE_KEY = rf"\A(?! )[\x20-\x7e]{{0,{PROMPT_CACHE_KEY_MAX}}}(?<! )\Z"
 INCLUDE_VALUES = (
     "code_interpreter_call.outputs",
     "computer_call_output.output.image_url",
@@ -172,7 +174,10 @@ class ResponsesRequestSchema(Passthrough):
         False, error="'store' must be false or omitted: responses are not stored."))
     # Any value but null is refused.
     truncation = field(fields.Raw, "a string", validate=validate.Equal(None, error="'truncation' is not supported."))
-    prompt_cache_key = field(String, "a string")
+    # Sent upstream as the session_id header: what a header can carry as it is.
+    prompt_cache_key = field(String, "a string", validate=validate.Regexp(
+        PROMPT_CACHE_KEY, error=f"Invalid value for 'prompt_cache_key': expected at most {PROMPT_CACHE_KEY_MAX} "
+                                "printable ASCII characters, not starting or ending with a space."))
     metadata = field(Object, "an object")
     # Stripped before forwarding, but a wrong type is still the client's mistake to hear about.
     temperature = field(Number, "a number")

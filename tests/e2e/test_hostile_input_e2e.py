@@ -6,9 +6,11 @@ the database, the same on SQLite and PostgreSQL; none is a 500 or a silent chang
 
 import pytest
 import requests
+from sqlalchemy import select
 
 from responses_proxy.items import MAX_JSON_DEPTH
-from tests.e2e.conftest import error_of
+from responses_proxy.store.tables import accounts
+from tests.e2e.conftest import error_of, query
 
 
 def post(gateway, path, body, timeout=30):
@@ -91,3 +93,12 @@ def test_a_conversation_turn_larger_than_the_item_budget_is_refused_not_sent(e2e
     accepted = post(e2e, "/v1/responses", {**turn, "input": codex_history(1000)})
     assert accepted.status_code == 200, accepted.text
     assert accepted.headers["X-Conversation-Items-Dropped"] == "0"
+
+
+@pytest.mark.parametrize("key", ["thread\r\nX-Injected: 1", " leading-space", "\u65e5\u672c"],
+                         ids=["crlf", "leading-space", "not-latin-1"])
+def test_a_prompt_cache_key_that_cannot_be_a_header_is_400_and_no_account_is_blamed(e2e, upstream, key):
+    reply = post(e2e, "/v1/responses", {"model": "gpt-5.2", "input": "hi", "prompt_cache_key": key})
+    assert "printable ASCII" in refused(reply, "prompt_cache_key")["message"]
+    assert upstream.response_requests() == []
+    assert [row["last_error"] for row in query(e2e, select(accounts.c.last_error))] == [None]
