@@ -32,6 +32,11 @@ OPTIONAL_TOOL_FIELDS = (("name", str, "a string"), ("description", str, "a strin
 # orjson reads JSON nested up to 1024 levels deep but writes at most this many: a body nested
 # deeper parses, yet can be neither forwarded nor stored.
 MAX_JSON_DEPTH = 254
+# The columns of conversation_items (store/tables.py) that hold an item's own strings, with
+# their length and how an error names them: longer values do not fit (PostgreSQL refuses them
+# where SQLite takes them). A tool message's tool_call_id is stored as its call_id.
+STORED_STRINGS = {"id": (100, "an item id"), "type": (64, "an item type"), "call_id": (200, "a call id"),
+                  "tool_call_id": (200, "a call id")}
 # Chat-format leftovers that the Responses API has no place for inside input items.
 CHAT_ONLY_ITEM_FIELDS = frozenset(("reasoning_content", "reasoning_details", "tool_calls", "function_call"))
 CONTENT_PART_TYPES = frozenset(("input_text", "input_image", "input_file", "input_audio"))
@@ -65,6 +70,38 @@ def check_sendable(items, param):
     """Refuse normalized items that could not be sent once they are in an upstream body's
     ``input`` (two levels down): what a conversation stores is sent on its later turns."""
     to_json({"input": items}, param)
+
+
+def check_storable(items, path="input"):
+    """Raise ``InvalidRequest`` about the first of ``items`` (already checked by ``check_items``)
+    a conversation could not store the same on SQLite and PostgreSQL, or address afterwards:
+    strings too long for their column, NUL characters, an id with a '/' (the item routes could
+    not name it) or the id of an earlier item of the same request."""
+    first_with_id = {}
+    for index, item in enumerate(items):
+        for name in STORED_STRINGS:
+            value = item.get(name)
+            problem = stored_string_problem(value, name) if isinstance(value, str) else None
+            if problem is not None:
+                raise refusal(f"{path}[{index}].{name}", problem)
+        item_id = item.get("id")
+        if isinstance(item_id, str) and item_id:
+            if "/" in item_id:
+                raise refusal(f"{path}[{index}].id", "Invalid value for '{param}': an item id cannot contain '/'.")
+            earlier = first_with_id.setdefault(item_id, index)
+            if earlier != index:
+                raise refusal(f"{path}[{index}].id", f"Invalid value for '{{param}}': {path}[{earlier}] has the "
+                                                     "same id; the items of one request need ids of their own.")
+
+
+def stored_string_problem(value, name):
+    """What keeps ``value`` out of the column of the item field ``name`` (see STORED_STRINGS)."""
+    limit, what = STORED_STRINGS[name]
+    if len(value) > limit:
+        return f"Invalid value for '{{param}}': {what} is at most {limit} characters."
+    if "\x00" in value:
+        return "Invalid value for '{param}': NUL characters cannot be stored."
+    return None
 
 
 # -- checks ---------------------------------------------------------------------------------------

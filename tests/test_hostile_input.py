@@ -198,3 +198,92 @@ def test_a_printable_ascii_prompt_cache_key_goes_upstream_as_the_session_id(send
     reply = send({"model": MODEL, "input": "hi", "prompt_cache_key": key})
     assert reply.status_code == 200, reply.get_data(as_text=True)
     assert upstream.response_requests()[0]["headers"]["session_id"] == key
+
+
+def message(item_id=None, text="hi"):
+    item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+    return item if item_id is None else {"id": item_id, **item}
+
+
+# (case id, items, the param after the array's name, what the message says)
+UNSTORABLE = [
+    ("id-over-100", [message("m" * 101)], "[0].id", "an item id is at most 100 characters"),
+    ("type-over-64", [message(), {"type": "t" * 65}], "[1].type", "an item type is at most 64 characters"),
+    ("call-id-over-200", [{"type": "function_call_output", "call_id": "c" * 201, "output": "ok"}], "[0].call_id",
+     "a call id is at most 200 characters"),
+    ("tool-call-id-over-200", [{"role": "tool", "tool_call_id": "c" * 201, "content": "ok"}], "[0].tool_call_id",
+     "a call id is at most 200 characters"),
+    ("nul-in-id", [message("msg\x00")], "[0].id", "NUL characters cannot be stored"),
+    ("nul-in-type", [{"type": "reason\x00ing", "summary": []}], "[0].type", "NUL characters cannot be stored"),
+    ("nul-in-call-id", [{"type": "function_call", "call_id": "c\x00", "name": "f", "arguments": "{}"}],
+     "[0].call_id", "NUL characters cannot be stored"),
+    ("slash-in-id", [message("msg/1")], "[0].id", "an item id cannot contain '/'"),
+    ("duplicate-ids", [message("msg_1"), message("msg_2"), message("msg_1")], "[2].id",
+     "[0] has the same id; the items of one request need ids of their own"),
+]
+STORING_ROUTES = ["turn", "create", "add"]
+
+
+def store_items(send, route, items, name):
+    """Send ``items`` to be stored by ``route``; returns (reply, the array's param name)."""
+    if route == "turn":
+        return send({"model": MODEL, "input": items, "conversation": f"conv_{name}"}), "input"
+    if route == "create":
+        return send({"items": items}, "/v1/conversations"), "items"
+    conversation = send({}, "/v1/conversations").get_json()["id"]
+    return send({"items": items}, f"/v1/conversations/{conversation}/items"), "items"
+
+
+@pytest.mark.parametrize("route", STORING_ROUTES)
+@pytest.mark.parametrize("case, items, where, fragment", UNSTORABLE, ids=[case[0] for case in UNSTORABLE])
+def test_what_a_conversation_could_not_store_or_address_is_refused(send, upstream, route, case, items, where,
+                                                                   fragment):
+    reply, name = store_items(send, route, items, f"{route}-{case}")
+    error = refused(reply, name + where)
+    assert fragment in error["message"] and f"'{name}{where}'" in error["message"], error
+    assert upstream.response_requests() == []
+
+
+@pytest.mark.parametrize("route", STORING_ROUTES)
+def test_the_longest_storable_values_are_stored_and_addressable(hostile_app, send, upstream, route):
+    item_id = route + "m" * (100 - len(route))  # the module's app is shared: one id per route
+    items = [message(item_id), {"type": "t" * 64},
+             {"type": "function_call", "call_id": "c" * 200, "name": "f", "arguments": "{}"}]
+    reply, _ = store_items(send, route, items, f"longest-{route}")
+    assert reply.status_code == 200, reply.get_data(as_text=True)
+    engine = hostile_app.extensions["responses_proxy"].engine
+    with engine.connect() as conn:
+        stored = conn.exec_driver_sql("SELECT conversation_id FROM conversation_items WHERE item_id = ?",
+                                      (item_id,)).scalars().all()
+    [conversation] = stored
+    fetched = hostile_app.test_client().get(f"/v1/conversations/{conversation}/items/{item_id}",
+                                            headers=hostile_app.auth)
+    assert fetched.status_code == 200 and fetched.get_json()["id"] == item_id
+
+
+def test_without_a_conversation_nothing_is_stored_so_long_ids_go_upstream(send, upstream):
+    reply = send({"model": MODEL, "input": [message("m" * 101), message("m" * 101)]})
+    assert reply.status_code == 200, reply.get_data(as_text=True)
+    assert [item["id"] for item in upstream.response_requests()[0]["body"]["input"]] == ["m" * 101] * 2
+
+
+@pytest.mark.parametrize("messages, param", [
+    ([{"role": "tool", "tool_call_id": "c" * 201, "content": "ok"}], "messages[0].tool_call_id"),
+    ([{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [
+        {"id": "call_1", "function": {"name": "f"}}, {"id": "c\x00", "function": {"name": "g"}}]}],
+     "messages[1].tool_calls[1].id"),
+], ids=["tool-call-id", "tool-calls-id"])
+def test_the_call_ids_of_chat_messages_a_turn_stores_are_checked_too(send, upstream, messages, param):
+    refused(send({"model": MODEL, "messages": messages, "conversation": "conv_chat_calls"}), param)
+    assert upstream.response_requests() == []
+
+
+@pytest.mark.parametrize("model", ["m" * 201, "gpt-5.2\x00"], ids=["201-chars", "nul"])
+def test_a_model_name_the_usage_row_cannot_hold_is_refused(send, upstream, model):
+    error = refused(send({"model": model, "input": "hi"}), "model")
+    assert error["message"] == "Invalid value for 'model': a model name is at most 200 characters, without NUL."
+
+
+def test_a_model_name_of_200_characters_is_looked_up_in_the_catalog(send, upstream):
+    reply = send({"model": "m" * 200, "input": "hi"})
+    assert reply.status_code == 400 and reply.get_json()["error"]["code"] == "model_not_found"

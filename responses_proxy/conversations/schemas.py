@@ -2,7 +2,7 @@
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
-from ..items import check_items
+from ..items import check_items, check_storable
 from ..validation import Array, Object, Passthrough, String, check_sizes, field, quoted
 
 METADATA_MAX_KEYS = 16
@@ -43,6 +43,7 @@ class CreateConversationSchema(Passthrough):
     def check(self, data, **kwargs):
         if data.get("items"):
             check_items(data["items"], "items")
+            check_storable(data["items"], "items")
 
 
 class UpdateConversationSchema(Passthrough):
@@ -57,6 +58,7 @@ class AddItemsSchema(Passthrough):
     @validates_schema(skip_on_field_errors=True)
     def check(self, data, **kwargs):
         check_items(data["items"], "items")
+        check_storable(data["items"], "items")
 
 
 class ListItemsQuery(Schema):

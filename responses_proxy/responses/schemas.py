@@ -15,8 +15,10 @@ from ..items import (
     ROLE_ERROR,
     UNSUPPORTED_TOOL_TYPES,
     check_items,
+    check_storable,
     check_tools,
     is_conversation_id,
+    stored_string_problem,
 )
 from ..validation import (
     EXPECTED,
@@ -117,6 +119,17 @@ class MessageSchema(Passthrough):
                                   "tool_call_id")
 
 
+def check_storable_messages(messages):
+    """The call ids of chat messages, stored as the call_id of the items they become."""
+    for index, message in enumerate(messages):
+        calls = [(f"messages[{index}].tool_calls[{position}].id", call["id"])
+                 for position, call in enumerate(message.get("tool_calls") or ())]
+        for param, call_id in [(f"messages[{index}].tool_call_id", message.get("tool_call_id")), *calls]:
+            problem = stored_string_problem(call_id, "call_id") if isinstance(call_id, str) else None
+            if problem is not None:
+                raise ValidationError(problem, param)
+
+
 def check_tool_choice(choice):
     if isinstance(choice, str):
         if choice not in TOOL_CHOICE_MODES:
@@ -154,7 +167,9 @@ class ResponsesRequestSchema(Passthrough):
         check_sizes(data, ("input", "messages"), self.max_input_items)
         return super().load(data, **kwargs)
 
-    model = field(String, "a string", required=True, allow_none=False)
+    # The usage row's column holds 200 characters, and no NUL on PostgreSQL.
+    model = field(String, "a string", required=True, allow_none=False, validate=validate.Regexp(
+        r"\A[^\x00]{0,200}\Z", error="Invalid value for 'model': a model name is at most 200 characters, without NUL."))
     input = field(StringOrArray, "a string or an array of input items")
     messages = nested_list(MessageSchema, "an object")
     instructions = field(String, "a string")
@@ -205,6 +220,13 @@ class ResponsesRequestSchema(Passthrough):
             raise ValidationError(
                 "'previous_response_id' is not supported: responses are not stored. "
                 "Use 'conversation' for multi-turn context.", "previous_response_id")
+        if data.get("conversation") is not None:
+            # The turn's input is stored with the conversation.
+            if has_input:
+                if isinstance(data["input"], list):
+                    check_storable(data["input"])
+            else:
+                check_storable_messages(data["messages"])
 
 
 def validate_request(body):

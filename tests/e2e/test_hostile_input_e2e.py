@@ -9,8 +9,10 @@ import requests
 from sqlalchemy import select
 
 from responses_proxy.items import MAX_JSON_DEPTH
-from responses_proxy.store.tables import accounts
-from tests.e2e.conftest import error_of, query
+from responses_proxy.store.tables import accounts, conversation_items, usage
+from tests.conftest import Gateway
+from tests.e2e.conftest import error_of, query, request_id, wait_for
+from tests.test_hostile_input import STORING_ROUTES, UNSTORABLE, message
 
 
 def post(gateway, path, body, timeout=30):
@@ -102,3 +104,70 @@ def test_a_prompt_cache_key_that_cannot_be_a_header_is_400_and_no_account_is_bla
     assert "printable ASCII" in refused(reply, "prompt_cache_key")["message"]
     assert upstream.response_requests() == []
     assert [row["last_error"] for row in query(e2e, select(accounts.c.last_error))] == [None]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def stored_gateway(request, upstream, tmp_path_factory):
+    """A gateway of its own on each database: what it stores is what is tested."""
+    env = {}
+    if request.param == "postgresql":
+        env["RESPONSES_PROXY_DATABASE_URL"] = request.getfixturevalue("postgres_url")
+    server = Gateway(tmp_path_factory.mktemp("stored"), upstream.base_url, env=env).start()
+    try:
+        server.import_account(last_refresh="2099-01-01T00:00:00Z")
+        server.key = server.create_key()
+        yield server
+    finally:
+        server.stop()
+
+
+def store_items(gateway, route, items, name):
+    if route == "turn":
+        return post(gateway, "/v1/responses", {"model": "gpt-5.2", "input": items, "conversation": f"conv_{name}"})
+    if route == "create":
+        return post(gateway, "/v1/conversations", {"items": items})
+    conversation = post(gateway, "/v1/conversations", {}).json()["id"]
+    return post(gateway, f"/v1/conversations/{conversation}/items", {"items": items})
+
+
+def usage_rows(gateway, rid):
+    """(status, model) of the usage rows of the request ``rid``, on the gateway's database."""
+    engine = gateway.engine()
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(
+                select(usage.c.status, usage.c.model).where(usage.c.request_id == rid))]
+    finally:
+        engine.dispose()
+
+
+def test_what_would_not_fit_the_database_is_refused_alike_on_sqlite_and_postgresql(stored_gateway, upstream):
+    """One gateway per database for all of it: starting one is what takes time."""
+    for route in STORING_ROUTES:
+        name = "input" if route == "turn" else "items"
+        for case, items, where, fragment in UNSTORABLE:
+            reply = store_items(stored_gateway, route, items, f"{route}-{case}")
+            assert fragment in refused(reply, name + where)["message"], (route, case)
+    assert upstream.response_requests() == []
+    engine = stored_gateway.engine()
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(select(conversation_items.c.item_id)).all() == []
+    finally:
+        engine.dispose()
+
+    longest = [message("m" * 100), {"type": "t" * 64},
+               {"type": "function_call", "call_id": "c" * 200, "name": "f", "arguments": "{}"}]
+    for route in STORING_ROUTES:
+        longest[0] = message(route + "m" * (100 - len(route)))
+        reply = store_items(stored_gateway, route, longest, f"longest-{route}")
+        assert reply.status_code == 200, (route, reply.text)
+    assert len(upstream.response_requests()) == 1  # the turn
+
+    # The usage row's model column: the request is refused, and still recorded.
+    for model in ("m" * 201, "gpt-5.2\x00"):
+        rid = request_id()
+        reply = requests.post(stored_gateway.url + "/v1/responses", json={"model": model, "input": "hi"}, timeout=30,
+                              headers={"Authorization": f"Bearer {stored_gateway.key}", "X-Request-Id": rid})
+        assert "at most 200 characters" in refused(reply, "model")["message"]
+        assert wait_for(lambda rid=rid: usage_rows(stored_gateway, rid)) == [(400, None)]
