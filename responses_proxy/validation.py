@@ -33,9 +33,10 @@ class Strict:
         return value
 
     def _validate(self, value):
-        # marshmallow builds a chain of the validators on every call, even of none.
-        if self.validators:
-            super()._validate(value)
+        # marshmallow chains the validators anew on every call (even none) to gather all their
+        # errors; only the first is ever reported, so the first to raise is enough.
+        for validator in self.validators:
+            validator(value)
 
 
 def field(kind, expected, missing=MISSING, **kwargs):
