@@ -53,57 +53,6 @@ def conversation_id_of(value):
     return value.get("id") if isinstance(value, dict) else value
 
 
-def to_json(value, param=None):
-    """``value`` as JSON (``orjson.dumps``); nesting too deep to write is the client's 400, not a
-    500. Serialize the upstream body with this before anything is sent (a walk of every body
-    to measure its depth would cost more than the serialization itself)."""
-    try:
-        return orjson.dumps(value)
-    except orjson.JSONEncodeError as exc:
-        if "Recursion limit" not in str(exc):
-            raise
-        raise InvalidRequest(f"The request nests arrays and objects too deeply to be forwarded upstream "
-                             f"(at most {MAX_JSON_DEPTH} levels).", param=param) from None
-
-
-def check_sendable(items, param):
-    """Refuse normalized items that could not be sent once they are in an upstream body's
-    ``input`` (two levels down): what a conversation stores is sent on its later turns."""
-    to_json({"input": items}, param)
-
-
-def check_storable(items, path="input"):
-    """Raise ``InvalidRequest`` about the first of ``items`` (already checked by ``check_items``)
-    a conversation could not store the same on SQLite and PostgreSQL, or address afterwards:
-    strings too long for their column, NUL characters, an id with a '/' (the item routes could
-    not name it) or the id of an earlier item of the same request."""
-    first_with_id = {}
-    for index, item in enumerate(items):
-        for name in STORED_STRINGS:
-            value = item.get(name)
-            problem = stored_string_problem(value, name) if isinstance(value, str) else None
-            if problem is not None:
-                raise refusal(f"{path}[{index}].{name}", problem)
-        item_id = item.get("id")
-        if isinstance(item_id, str) and item_id:
-            if "/" in item_id:
-                raise refusal(f"{path}[{index}].id", "Invalid value for '{param}': an item id cannot contain '/'.")
-            earlier = first_with_id.setdefault(item_id, index)
-            if earlier != index:
-                raise refusal(f"{path}[{index}].id", f"Invalid value for '{{param}}': {path}[{earlier}] has the "
-                                                     "same id; the items of one request need ids of their own.")
-
-
-def stored_string_problem(value, name):
-    """What keeps ``value`` out of the column of the item field ``name`` (see STORED_STRINGS)."""
-    limit, what = STORED_STRINGS[name]
-    if len(value) > limit:
-        return f"Invalid value for '{{param}}': {what} is at most {limit} characters."
-    if "\x00" in value:
-        return "Invalid value for '{param}': NUL characters cannot be stored."
-    return None
-
-
 # -- checks ---------------------------------------------------------------------------------------
 # A check returns None, or the problem it found as (where, message, value): ``where`` is the
 # param relative to what was checked (".content[1].type"), ``message`` is worded for
@@ -243,6 +192,61 @@ def tool_rule_problem(tool):
 def under(prefix, problem):
     """``problem`` of something found at ``prefix`` inside what is being checked."""
     return prefix + problem[0], problem[1], problem[2]
+
+
+# -- what a conversation stores -------------------------------------------------------------------
+
+def check_storable(items, path="input"):
+    """Raise ``InvalidRequest`` about the first of ``items`` (already checked by ``check_items``)
+    a conversation could not store the same on SQLite and PostgreSQL, or address afterwards:
+    strings too long for their column, NUL characters, an id with a '/' (the item routes could
+    not name it) or the id of an earlier item of the same request."""
+    first_with_id = {}
+    for index, item in enumerate(items):
+        for name in STORED_STRINGS:
+            value = item.get(name)
+            problem = stored_string_problem(value, name) if isinstance(value, str) else None
+            if problem is not None:
+                raise refusal(f"{path}[{index}].{name}", problem)
+        item_id = item.get("id")
+        if isinstance(item_id, str) and item_id:
+            if "/" in item_id:
+                raise refusal(f"{path}[{index}].id", "Invalid value for '{param}': an item id cannot contain '/'.")
+            earlier = first_with_id.setdefault(item_id, index)
+            if earlier != index:
+                raise refusal(f"{path}[{index}].id", f"Invalid value for '{{param}}': {path}[{earlier}] has the "
+                                                     "same id; the items of one request need ids of their own.")
+
+
+def stored_string_problem(value, name):
+    """What keeps ``value`` out of the column of the item field ``name`` (see STORED_STRINGS)."""
+    limit, what = STORED_STRINGS[name]
+    if len(value) > limit:
+        return f"Invalid value for '{{param}}': {what} is at most {limit} characters."
+    if "\x00" in value:
+        return "Invalid value for '{param}': NUL characters cannot be stored."
+    return None
+
+
+# -- JSON out -------------------------------------------------------------------------------------
+
+def to_json(value, param=None):
+    """``value`` as JSON (``orjson.dumps``); nesting too deep to write is the client's 400, not a
+    500. Serialize the upstream body with this before anything is sent (a walk of every body
+    to measure its depth would cost more than the serialization itself)."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        if "Recursion limit" not in str(exc):
+            raise
+        raise InvalidRequest(f"The request nests arrays and objects too deeply to be forwarded upstream "
+                             f"(at most {MAX_JSON_DEPTH} levels).", param=param) from None
+
+
+def check_sendable(items, param):
+    """Refuse normalized items that could not be sent once they are in an upstream body's
+    ``input`` (two levels down): what a conversation stores is sent on its later turns."""
+    to_json({"input": items}, param)
 
 
 # -- normalization --------------------------------------------------------------------------------

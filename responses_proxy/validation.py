@@ -7,8 +7,8 @@ problem into one ``InvalidRequest`` naming its ``param`` (``tools[2].type``) and
 
 The input items and tools of a request are checked by plain loops instead (``items``): a Codex
 request carries its whole history and a dozen tools on every turn, and a schema per element
-would cost more than everything else the gateway does with the request. Those loops word their
-refusals with ``refusal``, so both read the same.
+costs some 40 times as much (10 ms for a history of 600 items). Those loops word their refusals
+with ``refusal``, so both read the same.
 """
 
 from marshmallow import INCLUDE, Schema, ValidationError, fields
