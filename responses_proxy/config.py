@@ -96,6 +96,9 @@ SETTINGS = (
     Setting("WEBSOCKET_MAX_AGE_SECONDS", _positive(float), 3600.0,
             "A WebSocket older than this is closed between two responses; the client opens a new one "
             "(0: no limit)."),
+    Setting("MAX_INPUT_ITEMS", _positive(int), 20000,
+            "Most items one request may carry in `input` (or `messages`, or a new conversation's `items`); "
+            "400 above it."),
     Setting("MODELS_CACHE_SECONDS", _positive(float), 300.0, "How long each worker keeps the upstream model catalog."),
     Setting("DEFAULT_COOLDOWN_SECONDS", _positive(float), 60.0,
             "Cooldown of an account whose usage-limit error names no reset time."),

@@ -11,10 +11,12 @@ class Services:
 
     def __init__(self, config):
         from .catalog.service import Catalog
+        from .conversations.schemas import CreateConversationSchema
         from .conversations.service import ConversationService
         from .crypto import cipher_for
         from .keys.service import KeyService
         from .pool import AccountPool
+        from .responses.schemas import ResponsesRequestSchema
         from .responses.service import ResponsesService
         from .responses.websocket import Sessions
         from .store import make_engine
@@ -31,6 +33,9 @@ class Services:
         self.catalog = Catalog(self.client, self.pool, config["MODELS_CACHE_SECONDS"])
         self.conversations = ConversationService(self.engine, config)
         self.responses = ResponsesService(self.pool, self.client, self.catalog, self.conversations, config)
+        # The request contracts whose limits are settings.
+        self.request_schema = ResponsesRequestSchema(max_input_items=config["MAX_INPUT_ITEMS"])
+        self.create_conversation_schema = CreateConversationSchema(max_items=config["MAX_INPUT_ITEMS"])
         self.websockets = Sessions()
 
 

@@ -2,65 +2,63 @@
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
-from ..responses.schemas import check_input_items
-from ..validation import Array, Object, Passthrough, String, field, quoted
+from ..items import check_items, check_storable
+from ..validation import Array, Object, Passthrough, String, check_sizes, field, quoted
 
 METADATA_MAX_KEYS = 16
 METADATA_MAX_KEY = 64
 METADATA_MAX_VALUE = 512
+ADD_MAX_ITEMS = 20
 
 
-def check_metadata(metadata):
-    if metadata is None:
-        return
-    if len(metadata) > METADATA_MAX_KEYS:
-        raise ValidationError(f"'metadata' holds at most {METADATA_MAX_KEYS} keys.", "metadata")
+def check_metadata_entries(metadata):
     for name, value in metadata.items():
         if len(name) > METADATA_MAX_KEY:
-            raise ValidationError(f"metadata keys are at most {METADATA_MAX_KEY} characters.", f"metadata.{name}")
+            raise ValidationError({name: [f"metadata keys are at most {METADATA_MAX_KEY} characters."]})
         if not isinstance(value, str) or len(value) > METADATA_MAX_VALUE:
-            raise ValidationError(f"metadata values are strings of at most {METADATA_MAX_VALUE} characters.",
-                                  f"metadata.{name}")
+            raise ValidationError({name: [f"metadata values are strings of at most {METADATA_MAX_VALUE} characters."]})
 
 
-def check_items(items, name):
-    try:
-        check_input_items(items)
-    except ValidationError as exc:
-        # check_input_items names its params input[i]...; here the field is ``items``.
-        renamed = {key.replace("input", name, 1): value for key, value in exc.normalized_messages().items()}
-        raise ValidationError(renamed) from None
+def metadata_field(**kwargs):
+    return field(Object, "an object", validate=[
+        validate.Length(max=METADATA_MAX_KEYS, error=f"'metadata' holds at most {METADATA_MAX_KEYS} keys."),
+        check_metadata_entries], **kwargs)
 
 
 class CreateConversationSchema(Passthrough):
+    """``max_items`` is ``RESPONSES_PROXY_MAX_INPUT_ITEMS``."""
+
+    def __init__(self, max_items, **kwargs):
+        super().__init__(**kwargs)
+        self.max_items = max_items
+
+    def load(self, data, **kwargs):
+        check_sizes(data, ("items",), self.max_items)
+        return super().load(data, **kwargs)
+
     items = field(Array, "an array")
-    metadata = field(Object, "an object")
+    metadata = metadata_field()
 
     @validates_schema(skip_on_field_errors=True)
     def check(self, data, **kwargs):
-        check_metadata(data.get("metadata"))
         if data.get("items"):
             check_items(data["items"], "items")
+            check_storable(data["items"], "items")
 
 
 class UpdateConversationSchema(Passthrough):
-    metadata = field(Object, "an object", required=True)
-
-    @validates_schema(skip_on_field_errors=True)
-    def check(self, data, **kwargs):
-        check_metadata(data.get("metadata"))
+    metadata = metadata_field(required=True)
 
 
 class AddItemsSchema(Passthrough):
-    items = field(Array, "an array", required=True, allow_none=False)
+    items = field(Array, "an array", required=True, allow_none=False, validate=[
+        validate.Length(min=1, error="'items' must hold at least one item."),
+        validate.Length(max=ADD_MAX_ITEMS, error=f"At most {ADD_MAX_ITEMS} items can be added at once.")])
 
     @validates_schema(skip_on_field_errors=True)
     def check(self, data, **kwargs):
-        if not data["items"]:
-            raise ValidationError("'items' must hold at least one item.", "items")
-        if len(data["items"]) > 20:
-            raise ValidationError("At most 20 items can be added at once.", "items")
         check_items(data["items"], "items")
+        check_storable(data["items"], "items")
 
 
 class ListItemsQuery(Schema):
@@ -71,16 +69,11 @@ class ListItemsQuery(Schema):
                            validate=validate.Range(1, 100, error="Invalid value for 'limit': expected 1 to 100."),
                            error_messages={"invalid": "expected an integer"})
     after = String(load_default=None)
-    order = String(load_default="desc")
+    order = String(load_default="desc", validate=validate.OneOf(
+        ("asc", "desc"), error=f"Invalid value for 'order': expected {quoted(('asc', 'desc'))}."))
     include = fields.Raw(load_default=None)
 
-    @validates_schema(skip_on_field_errors=True)
-    def check(self, data, **kwargs):
-        if data["order"] not in ("asc", "desc"):
-            raise ValidationError(f"Invalid value for 'order': expected {quoted(('asc', 'desc'))}.", "order")
 
-
-CREATE = CreateConversationSchema()
 UPDATE = UpdateConversationSchema()
 ADD_ITEMS = AddItemsSchema()
 LIST_ITEMS = ListItemsQuery()

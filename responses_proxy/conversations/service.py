@@ -2,19 +2,18 @@
 
 import logging
 import os
-import re
 import secrets
 import threading
 import time
 
 import orjson
 
-from ..errors import Conflict, NotFound
+from ..errors import Conflict, InvalidRequest, NotFound
+from ..items import check_sendable, is_conversation_id
 from ..store import conversations as store
 
 log = logging.getLogger(__name__)
 
-CONVERSATION_ID = re.compile(r"^conv_[A-Za-z0-9_-]{1,95}$")
 # A turn holds its conversation for CONVERSATION_TURN_LEASE_SECONDS without a sign of life.
 # Every process renews the leases of its open turns a few times per lease, however quiet the
 # upstream is, so a process that died (or a host that went away) blocks its conversations for
@@ -23,11 +22,6 @@ ITEMS_LEASE_SECONDS = 30.0
 # Items that answer a call from an earlier item: never sent without that call.
 CALL_OUTPUT_TYPES = frozenset(("function_call_output", "custom_tool_call_output", "local_shell_call_output",
                                "computer_call_output", "mcp_approval_response", "tool_search_output"))
-
-
-def conversation_id_of(value):
-    """The id from a validated request's ``conversation`` (a string or ``{"id": ...}``)."""
-    return value.get("id") if isinstance(value, dict) else value
 
 
 def not_found():
@@ -151,7 +145,7 @@ class ConversationService:
         self.leases = TurnLeases(engine, config["CONVERSATION_TURN_LEASE_SECONDS"])
 
     def owned(self, key, conversation_id):
-        row = store.get(self.engine, conversation_id) if CONVERSATION_ID.match(conversation_id) else None
+        row = store.get(self.engine, conversation_id) if is_conversation_id(conversation_id) else None
         if row is None or row["key_id"] != key["id"]:
             raise not_found()  # another key's conversation does not exist, as far as this key knows
         return row
@@ -159,6 +153,10 @@ class ConversationService:
     def begin_turn(self, key, conversation_id, upstream):
         """Hold the conversation for one turn (creating it for this key if the id is new) and
         prepare the upstream request: the stored history, then the new input."""
+        if len(upstream["input"]) > self.max_items:
+            # Leaving out all history would still send more than the budget: refused, not trimmed.
+            raise InvalidRequest(f"The input holds {len(upstream['input'])} items; a conversation turn sends at "
+                                 f"most {self.max_items}, its history included.", param="input")
         row = store.get(self.engine, conversation_id)
         if row is None:
             row, _ = store.create(self.engine, key["id"], conversation_id=conversation_id)
@@ -189,6 +187,7 @@ class ConversationService:
     # -- the Conversations API ------------------------------------------------------------
 
     def create(self, key, metadata, items):
+        check_sendable(items, "items")
         row, stored = store.create(self.engine, key["id"], metadata, items)
         return conversation_object(row), [item_object(item_id, item) for item_id, item in stored]
 
@@ -213,6 +212,7 @@ class ConversationService:
 
     def add_items(self, key, conversation_id, items):
         self.owned(key, conversation_id)
+        check_sendable(items, "items")
         owner = secrets.token_hex(8)
         if not store.acquire_turn(self.engine, conversation_id, owner, ITEMS_LEASE_SECONDS):
             raise Conflict("A turn of this conversation is in progress; add items when it has finished.",

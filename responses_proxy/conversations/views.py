@@ -1,10 +1,10 @@
 from flask import Blueprint, current_app, g, jsonify, request
 
 from ..auth import require_api_key
+from ..items import normalize_input
 from ..requestbody import read_json_body
-from ..responses.normalize import normalize_input
 from ..services import services
-from ..validation import load, load_query
+from ..validation import load
 from . import schemas
 
 bp = Blueprint("conversations", __name__, url_prefix="/v1/conversations")
@@ -12,6 +12,10 @@ bp = Blueprint("conversations", __name__, url_prefix="/v1/conversations")
 
 def service():
     return services().conversations
+
+
+def create_schema():
+    return services().create_conversation_schema
 
 
 def body(schema, optional=False):
@@ -23,7 +27,7 @@ def body(schema, optional=False):
 @bp.post("")
 @require_api_key
 def create_conversation():
-    data = body(schemas.CREATE, optional=True)
+    data = body(create_schema(), optional=True)
     conversation, _ = service().create(g.api_key, data.get("metadata"), normalize_input(data.get("items") or []))
     return jsonify(conversation)
 
@@ -50,7 +54,7 @@ def delete_conversation(conversation_id):
 @bp.get("/<conversation_id>/items")
 @require_api_key
 def list_items(conversation_id):
-    query = load_query(schemas.LIST_ITEMS, request.args)
+    query = load(schemas.LIST_ITEMS, request.args.to_dict())
     return jsonify(service().list_items(g.api_key, conversation_id, query["limit"], query["after"], query["order"]))
 
 

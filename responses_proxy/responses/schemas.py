@@ -2,17 +2,26 @@
 
 Each failure names the problem and the ``param`` it is about (``tools[2].type``,
 ``input[0].content[1].file_id``...). Unknown top-level fields pass through untouched; new
-client fields must not break clients. Input items are checked by a plain loop in a schema
-validator rather than nested schemas: a Codex history holds hundreds of items. Tools too, by a
-field that gives the errors a nested schema would: a Codex request carries a dozen on every turn.
+client fields must not break clients. The input items and the tools are checked by the fast
+loops of ``items`` (see ``validation``) once every field has its type.
 """
 
-from marshmallow import ValidationError, fields, validates_schema
+from marshmallow import ValidationError, fields, validate, validates_schema
 
-from ..conversations.service import CONVERSATION_ID
+from ..items import (
+    FILE_ID_ERROR,
+    MESSAGE_ROLES,
+    ROLE_ERROR,
+    UNSUPPORTED_TOOL_TYPES,
+    check_items,
+    check_storable,
+    check_tools,
+    is_conversation_id,
+    stored_string_problem,
+)
+from ..services import services
 from ..validation import (
     EXPECTED,
-    MISSING,
     Array,
     Boolean,
     Integer,
@@ -22,17 +31,20 @@ from ..validation import (
     Passthrough,
     String,
     StringOrArray,
+    StringOrList,
     StringOrObject,
+    check_sizes,
     field,
     load,
     nested_list,
     quoted,
 )
 
-UNSUPPORTED_TOOL_TYPES = frozenset((
-    "file_search", "code_interpreter", "computer_use", "computer_use_preview", "image_generation"))
 TOOL_CHOICE_MODES = ("none", "auto", "required")
 TEXT_FORMAT_TYPES = ("text", "json_object", "json_schema")
+PROMPT_CACHE_KEY_MAX = 256
+# Printable text: no control characters or line separators, no space at either end.
+PROMPT_CACHE_KEY = rf"\A(?!\s)[^\x00-\x1f\x7f-\x9f\u2028\u2029]{{0,{PROMPT_CACHE_KEY_MAX}}}(?<!\s)\Z"
 INCLUDE_VALUES = (
     "code_interpreter_call.outputs",
     "computer_call_output.output.image_url",
@@ -42,7 +54,6 @@ INCLUDE_VALUES = (
     "reasoning.encrypted_content",
     "web_search_call.action.sources",
 )
-MESSAGE_ROLES = ("user", "assistant", "system", "developer", "tool")
 
 
 class ReasoningSchema(Passthrough):
@@ -51,19 +62,16 @@ class ReasoningSchema(Passthrough):
 
 
 class TextFormatSchema(Passthrough):
-    type = field(String, "a string", required=True, allow_none=False)
+    type = field(String, "a string", required=True, allow_none=False, validate=validate.OneOf(
+        TEXT_FORMAT_TYPES, error="Invalid value for '{{param}}': '{input}'; "
+                                 "supported values are 'text', 'json_object' and 'json_schema'."))
     name = field(String, "a string")
     schema = field(Object, "an object")
     strict = field(Boolean, "a boolean")
     description = field(String, "a string")
 
-    @validates_schema
-    def check_type(self, data, **kwargs):
-        if data["type"] not in TEXT_FORMAT_TYPES:
-            raise ValidationError(
-                f"Invalid value for '{{param}}': '{data['type']}'; "
-                "supported values are 'text', 'json_object' and 'json_schema'.",
-                "type")
+    @validates_schema(skip_on_field_errors=True)
+    def check_json_schema(self, data, **kwargs):
         if data["type"] == "json_schema":
             if not data.get("name"):
                 raise ValidationError("A json_schema format needs a 'name'.", "name")
@@ -87,83 +95,105 @@ class ToolCallSchema(Passthrough):
     function = Nested(FunctionSchema, "an object", required=True, allow_none=False)
 
 
+class ContentPartSchema(Passthrough):
+    # An absent type reads "expected a string", as it does for the parts of input items.
+    type = field(String, "a string", EXPECTED + "a string", required=True, allow_none=False)
+
+    @validates_schema(skip_on_field_errors=True)
+    def check_file(self, data, **kwargs):
+        if data["type"] == "input_file" and data.get("file_id") is not None:
+            raise ValidationError(FILE_ID_ERROR, "file_id")
+
+
 class MessageSchema(Passthrough):
-    role = field(String, "a string", required=True, allow_none=False)
-    content = field(StringOrArray, "a string or an array of content parts")
+    role = field(String, "a string", required=True, allow_none=False,
+                 validate=validate.OneOf(MESSAGE_ROLES, error=ROLE_ERROR))
+    content = field(StringOrList, "a string or an array of content parts",
+                    cls_or_instance=Nested(ContentPartSchema, "an object", allow_none=False))
     tool_call_id = field(String, "a string")
     tool_calls = nested_list(ToolCallSchema, "an object")
 
     @validates_schema(skip_on_field_errors=True)
-    def check_message(self, data, **kwargs):
-        role = data["role"]
-        if role not in MESSAGE_ROLES:
-            raise ValidationError(
-                f"Invalid value for '{{param}}': '{role}'; expected one of {quoted(MESSAGE_ROLES)}.", "role")
-        if role == "tool" and not data.get("tool_call_id"):
+    def check_tool_message(self, data, **kwargs):
+        if data["role"] == "tool" and not data.get("tool_call_id"):
             raise ValidationError("A tool message needs the 'tool_call_id' of the call it answers.",
                                   "tool_call_id")
-        if isinstance(data.get("content"), list):
-            check_parts(data["content"], "content")
 
 
-class Tools(Array):
-    """An array of tool objects, each checked as a nested schema with these fields and
-    ``check_tool`` would check it, with the same errors, in a plain loop."""
-
-    # (name, JSON types, expected) of a tool's typed fields, in the order their errors are reported;
-    # ``type`` is required, the others may be null.
-    FIELDS = (("type", (str,), "a string"), ("name", (str,), "a string"), ("description", (str,), "a string"),
-              ("parameters", (dict,), "an object"), ("strict", (bool,), "a boolean"))
-
-    def _deserialize(self, value, attr, data, **kwargs):
-        super()._deserialize(value, attr, data, **kwargs)
-        for index, tool in enumerate(value):
-            errors = tool_errors(tool)
-            if errors:
-                raise ValidationError({index: errors})
-        return value
+def check_storable_messages(messages):
+    """The call ids of chat messages, stored as the call_id of the items they become."""
+    for index, message in enumerate(messages):
+        calls = [(f"messages[{index}].tool_calls[{position}].id", call["id"])
+                 for position, call in enumerate(message.get("tool_calls") or ())]
+        for param, call_id in [(f"messages[{index}].tool_call_id", message.get("tool_call_id")), *calls]:
+            problem = stored_string_problem(call_id, "call_id") if isinstance(call_id, str) else None
+            if problem is not None:
+                raise ValidationError(problem, param)
 
 
-def tool_errors(tool):
-    """What a nested tool schema reports about ``tool``: marshmallow's error messages, or None."""
-    if tool is None:
-        return [EXPECTED + "an object"]
-    if not isinstance(tool, dict):
-        return {"_schema": [EXPECTED + "an object"]}
-    errors = {}
-    for name, types, expected in Tools.FIELDS:
-        value = tool.get(name)
-        if value is None:
-            if name == "type":
-                errors[name] = [MISSING if name not in tool else EXPECTED + expected]
-        elif not isinstance(value, types):
-            errors[name] = [EXPECTED + expected]
-    if errors:
-        return errors
-    try:
-        check_tool(tool, "")
-    except ValidationError as exc:
-        return {exc.field_name: exc.messages}
-    return None
+def check_tool_choice(choice):
+    if isinstance(choice, str):
+        if choice not in TOOL_CHOICE_MODES:
+            raise ValidationError(
+                f"Invalid value for '{{param}}': '{choice}'; expected {quoted(TOOL_CHOICE_MODES)} or an object.")
+        return
+    kind = choice.get("type")
+    if not isinstance(kind, str):
+        raise ValidationError({"type": [EXPECTED + "a string"]})
+    if kind in UNSUPPORTED_TOOL_TYPES:
+        raise ValidationError({"type": [f"Tool type '{kind}' is not supported"]})
+    if kind == "function" and not isinstance(choice.get("name"), str):
+        raise ValidationError({"name": ["A function tool_choice needs the 'name' of the function."]})
+
+
+def check_conversation(conversation):
+    if isinstance(conversation, dict):
+        if not isinstance(conversation.get("id"), str):
+            raise ValidationError({"id": [EXPECTED + "a string"]})
+        conversation = conversation["id"]
+    if not is_conversation_id(conversation):
+        raise ValidationError(
+            "Invalid value for '{param}': expected 'conv_' followed by letters, digits, '_' or '-'.")
 
 
 class ResponsesRequestSchema(Passthrough):
-    model = field(String, "a string", required=True, allow_none=False)
+    """The body of ``POST /v1/responses``; ``max_input_items`` is ``RESPONSES_PROXY_MAX_INPUT_ITEMS``."""
+
+    def __init__(self, max_input_items, **kwargs):
+        super().__init__(**kwargs)
+        self.max_input_items = max_input_items
+
+    def load(self, data, **kwargs):
+        # Sizes first, before anything walks the arrays (a pre_load hook costs more than the check).
+        check_sizes(data, ("input", "messages"), self.max_input_items)
+        return super().load(data, **kwargs)
+
+    # The usage row's column holds 200 characters, and no NUL on PostgreSQL.
+    model = field(String, "a string", required=True, allow_none=False, validate=validate.Regexp(
+        r"\A[^\x00]{0,200}\Z", error="Invalid value for 'model': a model name is at most 200 characters, without NUL."))
     input = field(StringOrArray, "a string or an array of input items")
     messages = nested_list(MessageSchema, "an object")
     instructions = field(String, "a string")
-    tools = field(Tools, "an array")
-    tool_choice = field(StringOrObject, "a string or an object")
+    tools = field(Array, "an array")
+    tool_choice = field(StringOrObject, "a string or an object", validate=check_tool_choice)
     parallel_tool_calls = field(Boolean, "a boolean")
     reasoning = Nested(ReasoningSchema, "an object")
     text = Nested(TextSchema, "an object")
     stream = field(Boolean, "a boolean")
-    include = field(fields.List, "an array", cls_or_instance=field(String, "a string", allow_none=False))
-    conversation = field(StringOrObject, "a string or an object with an 'id'")
+    include = field(fields.List, "an array", cls_or_instance=field(String, "a string", allow_none=False,
+                    validate=validate.OneOf(INCLUDE_VALUES, error=(
+                        "Invalid value for '{{param}}': unknown include value '{input}'. "
+                        f"Supported values: {quoted(INCLUDE_VALUES)}."))))
+    conversation = field(StringOrObject, "a string or an object with an 'id'", validate=check_conversation)
     previous_response_id = field(fields.Raw, "a string")
-    store = field(Boolean, "a boolean")
-    truncation = field(fields.Raw, "a string")
-    prompt_cache_key = field(String, "a string")
+    store = field(Boolean, "a boolean", validate=validate.Equal(
+        False, error="'store' must be false or omitted: responses are not stored."))
+    # Any value but null is refused.
+    truncation = field(fields.Raw, "a string", validate=validate.Equal(None, error="'truncation' is not supported."))
+    # A name, not a payload: upstream it becomes a key of its own, scoped to the API key.
+    prompt_cache_key = field(String, "a string", validate=validate.Regexp(
+        PROMPT_CACHE_KEY, error=f"Invalid value for 'prompt_cache_key': expected at most {PROMPT_CACHE_KEY_MAX} "
+                                "printable characters, not starting or ending with a space."))
     metadata = field(Object, "an object")
     # Stripped before forwarding, but a wrong type is still the client's mistake to hear about.
     temperature = field(Number, "a number")
@@ -173,6 +203,8 @@ class ResponsesRequestSchema(Passthrough):
 
     @validates_schema(skip_on_field_errors=True)
     def check_request(self, data, **kwargs):
+        if data.get("tools"):
+            check_tools(data["tools"])
         has_input = data.get("input") is not None
         has_messages = data.get("messages") is not None
         if has_input and has_messages:
@@ -180,7 +212,7 @@ class ResponsesRequestSchema(Passthrough):
         if not has_input and not has_messages:
             raise ValidationError("Missing required parameter: 'input' (or 'messages').", "input")
         if isinstance(data.get("input"), list):
-            check_input_items(data["input"])
+            check_items(data["input"])
         if data.get("previous_response_id") is not None:
             if data.get("conversation") is not None:
                 raise ValidationError(
@@ -189,130 +221,16 @@ class ResponsesRequestSchema(Passthrough):
             raise ValidationError(
                 "'previous_response_id' is not supported: responses are not stored. "
                 "Use 'conversation' for multi-turn context.", "previous_response_id")
-        if data.get("store") is True:
-            raise ValidationError("'store' must be false or omitted: responses are not stored.", "store")
-        if data.get("truncation") is not None:
-            raise ValidationError("'truncation' is not supported.", "truncation")
-        conversation = data.get("conversation")
-        if isinstance(conversation, dict):
-            if not isinstance(conversation.get("id"), str):
-                raise ValidationError("expected a string", "conversation.id")
-            conversation = conversation["id"]
-        if conversation is not None and not CONVERSATION_ID.match(conversation):
-            raise ValidationError("Invalid value for '{param}': expected 'conv_' followed by letters, digits, "
-                                  "'_' or '-'.", "conversation")
-        choice = data.get("tool_choice")
-        if isinstance(choice, str) and choice not in TOOL_CHOICE_MODES:
-            raise ValidationError(
-                f"Invalid value for '{{param}}': '{choice}'; expected {quoted(TOOL_CHOICE_MODES)} or an object.",
-                "tool_choice")
-        if isinstance(choice, dict):
-            check_tool_choice(choice)
-        for index, value in enumerate(data.get("include") or ()):
-            if value not in INCLUDE_VALUES:
-                raise ValidationError(
-                    f"Invalid value for '{{param}}': unknown include value '{value}'. "
-                    f"Supported values: {quoted(INCLUDE_VALUES)}.",
-                    f"include[{index}]")
-
-
-def check_tool(tool, path):
-    prefix = path + "." if path else ""
-    kind = tool["type"]
-    if kind in UNSUPPORTED_TOOL_TYPES:
-        raise ValidationError(f"Tool type '{kind}' is not supported", prefix + "type")
-    if kind == "function" and not tool.get("name"):
-        raise ValidationError("A function tool needs a 'name'.", prefix + "name")
-
-
-def check_tool_choice(choice):
-    kind = choice.get("type")
-    if not isinstance(kind, str):
-        raise ValidationError("expected a string", "tool_choice.type")
-    if kind in UNSUPPORTED_TOOL_TYPES:
-        raise ValidationError(f"Tool type '{kind}' is not supported", "tool_choice.type")
-    if kind == "function" and not isinstance(choice.get("name"), str):
-        raise ValidationError("A function tool_choice needs the 'name' of the function.", "tool_choice.name")
-
-
-def check_input_items(items):
-    for index, item in enumerate(items):
-        path = f"input[{index}]"
-        if not isinstance(item, dict):
-            raise ValidationError("expected an object", path)
-        kind = item.get("type")
-        role = item.get("role")
-        if kind is not None and not isinstance(kind, str):
-            raise ValidationError("expected a string", path + ".type")
-        if kind is None and role is None:
-            raise ValidationError("Each input item needs a 'type' or a 'role'.", path)
-        if kind == "message" and role is None:
-            raise ValidationError("missing", path + ".role")
-        if role is not None and kind in (None, "message"):
-            check_message_item(item, path)
-        elif kind == "input_file":
-            check_part(item, path)
-        elif kind == "function_call_output":
-            if not isinstance(item.get("call_id"), str):
-                raise ValidationError("A function_call_output needs the 'call_id' of its call.", path + ".call_id")
-            if isinstance(item.get("output"), list):
-                check_parts(item["output"], path + ".output")
-        elif kind == "additional_tools":
-            tools = item.get("tools")
-            if tools is not None:
-                if not isinstance(tools, list):
-                    raise ValidationError("expected an array", path + ".tools")
-                for position, tool in enumerate(tools):
-                    tool_path = f"{path}.tools[{position}]"
-                    if not isinstance(tool, dict):
-                        raise ValidationError("expected an object", tool_path)
-                    if not isinstance(tool.get("type"), str):
-                        raise ValidationError("expected a string", tool_path + ".type")
-                    check_tool(tool, tool_path)
-
-
-def check_message_item(item, path):
-    role = item["role"]
-    if not isinstance(role, str):
-        raise ValidationError("expected a string", path + ".role")
-    if role not in MESSAGE_ROLES:
-        raise ValidationError(
-            f"Invalid value for '{{param}}': '{role}'; expected one of {quoted(MESSAGE_ROLES)}.", path + ".role")
-    content = item.get("content")
-    if content is None:
-        if role in ("user", "system", "developer"):
-            raise ValidationError(f"A {role} message needs 'content'.", path + ".content")
-    elif isinstance(content, list):
-        check_parts(content, path + ".content")
-    elif not isinstance(content, str):
-        raise ValidationError("expected a string or an array of content parts", path + ".content")
-    if role == "tool" and not isinstance(item.get("tool_call_id") or item.get("call_id"), str):
-        raise ValidationError("A tool message needs the 'tool_call_id' of the call it answers.",
-                              path + ".tool_call_id")
-
-
-def check_parts(parts, path):
-    for index, part in enumerate(parts):
-        check_part(part, f"{path}[{index}]")
-
-
-def check_part(part, path):
-    if not isinstance(part, dict):
-        raise ValidationError("expected an object", path)
-    kind = part.get("type")
-    if not isinstance(kind, str):
-        raise ValidationError("expected a string", path + ".type")
-    if kind == "input_file" and part.get("file_id") is not None:
-        raise ValidationError(
-            "input_file.file_id is not supported: send the file inline with 'file_data' or by 'file_url'.",
-            path + ".file_id")
-
-
-REQUEST_SCHEMA = ResponsesRequestSchema()
+        if data.get("conversation") is not None:
+            # The turn's input is stored with the conversation.
+            if has_input:
+                if isinstance(data["input"], list):
+                    check_storable(data["input"])
+            else:
+                check_storable_messages(data["messages"])
 
 
 def validate_request(body):
-    """Check a parsed JSON body; returns it (unchanged) or raises ``InvalidRequest``."""
-    return load(REQUEST_SCHEMA, body)
-
-
+    """The loaded body (see ``validation.load``), or ``InvalidRequest``; the app's schema knows
+    its limits."""
+    return load(services().request_schema, body)

@@ -8,11 +8,9 @@ path; this service only decides and acts.
 import time
 import uuid
 
-import orjson
-
 from .. import relay
-from ..conversations.service import conversation_id_of
 from ..errors import ApiError, InvalidRequest, ModelNotAllowed, UpstreamError, UsageLimitReached
+from ..items import conversation_id_of, to_json
 from ..upstream.client import UpstreamUnavailable, error_for_status, read_error_body, upstream_headers
 from ..upstream.oauth import RefreshFailed
 from .affinity import affinity_key
@@ -34,15 +32,6 @@ def scoped_cache_key(key_id, prompt_cache_key):
     """The upstream's prompt cache key for a client's, scoped to its API key: a UUID (the shape
     Codex itself sends), and always a valid header value whatever the client sent."""
     return str(uuid.uuid5(_CACHE_KEY_SCOPE, f"{key_id}\x00{prompt_cache_key}"))
-
-
-def serialize(upstream):
-    try:
-        return orjson.dumps(upstream)
-    except orjson.JSONEncodeError as exc:
-        # What orjson cannot write back (nesting deeper than it allows) was not a request the
-        # upstream could take either.
-        raise InvalidRequest(f"The request body cannot be forwarded: {exc}.") from None
 
 
 class ResponsesService:
@@ -84,7 +73,7 @@ class ResponsesService:
             exchange.turn = self.conversations.begin_turn(key, conversation_id_of(body["conversation"]), upstream)
             upstream = exchange.turn.upstream
             headers["X-Conversation-Items-Dropped"] = str(exchange.turn.dropped)
-        payload = serialize(upstream)
+        payload = to_json(upstream)
         affinity, follow = affinity_key(key["id"], body)
         response = self.open_upstream(exchange, payload, affinity, follow,
                                       upstream_headers(client_headers or {}, upstream.get("prompt_cache_key")),

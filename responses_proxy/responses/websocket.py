@@ -31,11 +31,12 @@ from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import RemoteProtocolError
 
 from ..errors import UNEXPECTED, ApiError, InvalidApiKey, InvalidRequest
+from ..items import user_text_message
 from ..relay import ClientGone, Relay
 from ..upstream.client import upstream_headers
 from ..validation import EXPECTED, MISSING, explain
 from .exchange import Exchange
-from .normalize import messages_to_items, user_text_message
+from .normalize import messages_to_items
 from .schemas import validate_request
 
 log = logging.getLogger(__name__)
