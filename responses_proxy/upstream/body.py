@@ -12,6 +12,8 @@ request (no new TCP/TLS handshake per request).
 import ssl
 import zlib
 
+from .urllib3_internals import buffered_reader, connection_of, release
+
 WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 RECV_SIZE = 256 * 1024
 
@@ -140,9 +142,7 @@ class UpstreamBody:
 
     def __init__(self, response):
         self.response = response
-        raw = response.raw
-        self._raw = raw
-        self._connection = raw._connection
+        self._connection = connection_of(response)
         self._sock = self._connection.sock
         self._saved_timeout = self._sock.gettimeout()
         self._decoder = decoder_for(response.headers)
@@ -155,7 +155,7 @@ class UpstreamBody:
         self.processed = 0
         self._sock.settimeout(0.0)
         # Whatever http.client buffered beyond the headers comes first.
-        self._pending = self._buffered(raw._fp.fp)
+        self._pending = self._buffered(buffered_reader(response))
 
     @staticmethod
     def _buffered(reader):
@@ -219,8 +219,7 @@ class UpstreamBody:
         if self.done and not isinstance(self._decoder, UntilCloseDecoder):
             try:
                 self._sock.settimeout(self._saved_timeout)
-                self._raw._fp.close()  # http.client's response is finished: the connection may be reused
-                self._raw.release_conn()
+                release(self.response)
                 return
             except OSError:
                 pass
