@@ -1,12 +1,17 @@
 """Which usable account serves a request: the one its cache key lives on, else the least busy."""
 
 import collections
+import logging
 import random
 import threading
 
-from ..store import pool_state
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..store import describe_error, pool_state
 from ..store import usage as usage_store
 from .upkeep import LOAD_STALE_SECONDS
+
+log = logging.getLogger(__name__)
 
 # How old the other workers' in-flight counts may be when a request is placed: re-read this
 # often (one small query), so a stream opened on another worker is seen at once.
@@ -118,8 +123,15 @@ class Selector:
             self._affinity.popitem(last=False)
         if changed:
             # Written at once: another worker seeing this key next must find the same account.
-            pool_state.affinity_put(self._engine, [{"cache_key": cache_key, "account_id": account_id,
-                                                    "updated_at": now}])
+            # Affinity is an optimization: when the database cannot take the write (a full disk,
+            # a stall), the request goes on and the upkeep writes it later.
+            try:
+                pool_state.affinity_put(self._engine, [{"cache_key": cache_key, "account_id": account_id,
+                                                        "updated_at": now}])
+            except SQLAlchemyError as exc:
+                log.warning("affinity not written; the upkeep will retry", extra={"fields": {
+                    "error": describe_error(exc)}})
+                self._affinity_touch[cache_key] = (account_id, now)
         elif previous is None or previous[0] != account_id or now - previous[1] > AFFINITY_TRUST_SECONDS:
             self._affinity_touch[cache_key] = (account_id, now)
 
@@ -127,3 +139,8 @@ class Selector:
         """The affinity timestamps to write, handed over once (the upkeep writes them in batches)."""
         pending, self._affinity_touch = self._affinity_touch, {}
         return pending
+
+    def give_back_affinity_touches(self, pending):
+        """Writes that failed, kept for the next round (unless a newer one came meanwhile)."""
+        for key, value in pending.items():
+            self._affinity_touch.setdefault(key, value)

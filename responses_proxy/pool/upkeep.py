@@ -116,9 +116,13 @@ class Upkeep:
     def flush_affinity(self):
         pending = self._selector.take_affinity_touches()
         if pending:
-            pool_state.affinity_put(self._engine, [
-                {"cache_key": key, "account_id": account_id, "updated_at": at}
-                for key, (account_id, at) in pending.items()])
+            try:
+                pool_state.affinity_put(self._engine, [
+                    {"cache_key": key, "account_id": account_id, "updated_at": at}
+                    for key, (account_id, at) in pending.items()])
+            except BaseException:
+                self._selector.give_back_affinity_touches(pending)
+                raise
 
     def _poll_quotas_forever(self):
         pause = QUOTA_FIRST_POLL_SECONDS
