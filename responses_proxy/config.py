@@ -40,6 +40,16 @@ def _positive(parse):
     return check
 
 
+def _above_zero(parse):
+    def check(value):
+        parsed = parse(value)
+        if parsed <= 0:
+            raise ValueError(f"must be above zero: {value!r}")
+        return parsed
+
+    return check
+
+
 SETTINGS = (
     Setting("DATA_DIR", _str, "./var", "Directory for the SQLite database and the generated secret key."),
     Setting("DATABASE_URL", _str, None,
@@ -80,6 +90,9 @@ SETTINGS = (
             "`flask --app wsgi conversations prune` deletes conversations idle for longer than this."),
     Setting("USAGE_FLUSH_SECONDS", _positive(float), 1.0,
             "Usage rows are written in batches at most this far apart (0 writes each row at once)."),
+    Setting("IN_FLIGHT_LEASE_SECONDS", _above_zero(float), 30.0,
+            "A request counts against its key's concurrency limit in leases of this many seconds, which its "
+            "worker renews while it runs: the requests of a worker that crashed stop counting within two leases."),
     Setting("LOG_LEVEL", _str, "INFO", "Level of the JSON log written to stderr."),
 )
 

@@ -6,12 +6,13 @@ EXTENSION = "responses_proxy"
 
 
 class Services:
-    """Engine, cipher, upstream client, pool and the domain services: ``services()``."""
+    """Engine, cipher, upstream client, pool, key limits and the domain services: ``services()``."""
 
     def __init__(self, config):
         from .catalog.service import Catalog
         from .conversations.service import ConversationService
         from .crypto import cipher_for
+        from .keys.limits import KeyLimits
         from .keys.service import KeyService
         from .responses.service import ResponsesService
         from .store import make_engine
@@ -25,7 +26,8 @@ class Services:
         self.client = UpstreamClient(config)
         self.recorder = UsageRecorder(self.engine, config["USAGE_FLUSH_SECONDS"])
         self.pool = AccountPool(self.engine, self.cipher, self.client, config)
-        self.keys = KeyService(self.engine)
+        self.keys = KeyService(self.engine, config["IN_FLIGHT_LEASE_SECONDS"])
+        self.limits = KeyLimits(self.engine, config["IN_FLIGHT_LEASE_SECONDS"])
         self.catalog = Catalog(self.client, self.pool, config["MODELS_CACHE_SECONDS"])
         self.conversations = ConversationService(self.engine, config)
         self.responses = ResponsesService(self.pool, self.client, self.catalog, self.conversations, config)

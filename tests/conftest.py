@@ -202,11 +202,11 @@ class Gateway:
     def create_key(self, allowed_models=None):
         return self.create_key_row(allowed_models)["key"]
 
-    def create_key_row(self, allowed_models=None):
-        """A new API key: its row, with the plaintext ``key``."""
+    def create_key_row(self, allowed_models=None, **limits):
+        """A new API key (``limits``: rpm, concurrency, daily_tokens): its row, with the plaintext ``key``."""
         app = self.app()
         try:
-            return key_store.create(app.extensions["responses_proxy"].engine, "e2e", allowed_models)
+            return key_store.create(app.extensions["responses_proxy"].engine, "e2e", allowed_models, **limits)
         finally:
             app.extensions["responses_proxy"].engine.dispose()
 

@@ -47,7 +47,8 @@ def test_keys_create_prints_id_and_key_once(runner, services):
     assert key.startswith("sk-rp-")
     assert "only time" in output
     found = key_store.find_active(services.engine, key)
-    assert found == {"id": key_id, "name": "laptop", "allowed_models": None}
+    assert found == {"id": key_id, "name": "laptop", "allowed_models": None, "rpm": None, "concurrency": None,
+                     "daily_tokens": None}
 
 
 def test_keys_create_json(runner, services):
@@ -122,6 +123,103 @@ def test_keys_revoke_unknown_id_fails_clearly(runner, services, already_revoked)
     output = failed(run(runner, "keys", "revoke", key_id))
 
     assert key_id in output and "no active key" in output
+
+
+def test_keys_create_with_limits(runner, services):
+    created = json.loads(ok(run(runner, "keys", "create", "--name", "ci", "--rpm", "60", "--concurrency", "2",
+                                "--daily-tokens", "100000", "--json")))
+
+    assert (created["rpm"], created["concurrency"], created["daily_tokens"]) == (60, 2, 100000)
+    found = key_store.find_active(services.engine, created["key"])
+    assert (found["rpm"], found["concurrency"], found["daily_tokens"]) == (60, 2, 100000)
+
+
+@pytest.mark.parametrize("option", ["--rpm", "--concurrency", "--daily-tokens"])
+@pytest.mark.parametrize("value", ["0", "-1", "many", "none"])
+def test_keys_create_refuses_bad_limits(runner, services, option, value):
+    output = failed(run(runner, "keys", "create", "--name", "x", option, value))
+    assert option in output
+    assert key_store.list_all(services.engine) == []
+
+
+def test_keys_list_shows_limits_and_what_they_count(runner, services):
+    limited = key_store.create(services.engine, "limited", rpm=60, concurrency=2, daily_tokens=1000)
+    free = key_store.create(services.engine, "free")
+    held = services.limits.admit(services.keys.authenticate(f"Bearer {limited['key']}")[0])
+    try:
+        usage_store.insert_many(services.engine, [usage_row(time.time() - 5, limited["id"], total=40)])
+        services.keys.update(limited["id"], {"daily_tokens": None})
+        services.keys.update(limited["id"], {"daily_tokens": 1000})  # counts today's 40 tokens from here on
+
+        text = ok(run(runner, "keys", "list"))
+        rows = {row["id"]: row for row in json.loads(ok(run(runner, "keys", "list", "--json")))}
+    finally:
+        held.release()
+
+    assert "60 rpm, 2 at once, 1000 tokens/day" in text
+    assert "LIMITS" in text and "IN FLIGHT" in text and "TOKENS TODAY" in text
+    assert {name: rows[limited["id"]][name] for name in ("rpm", "concurrency", "daily_tokens", "in_flight",
+                                                         "tokens_today")} == {
+        "rpm": 60, "concurrency": 2, "daily_tokens": 1000, "in_flight": 1, "tokens_today": 40}
+    assert {name: rows[free["id"]][name] for name in ("rpm", "concurrency", "daily_tokens", "in_flight",
+                                                      "tokens_today")} == {
+        "rpm": None, "concurrency": None, "daily_tokens": None, "in_flight": None, "tokens_today": None}
+
+
+def test_keys_update(runner, services):
+    created = key_store.create(services.engine, "old", ["gpt-5.2"], rpm=10, concurrency=3)
+
+    updated = json.loads(ok(run(runner, "keys", "update", created["id"], "--name", "new", "--rpm", "none",
+                                "--daily-tokens", "500", "--allowed-models", "gpt-4.1,gpt-5.2", "--json")))
+
+    assert (updated["name"], updated["allowed_models"], updated["rpm"], updated["concurrency"],
+            updated["daily_tokens"]) == ("new", ["gpt-4.1", "gpt-5.2"], None, 3, 500)
+    found = key_store.find_active(services.engine, created["key"])
+    assert found["id"] == created["id"], "the same key: only its settings changed"
+    assert (found["rpm"], found["concurrency"], found["daily_tokens"]) == (None, 3, 500)
+
+    text = ok(run(runner, "keys", "update", created["id"], "--allowed-models", "all", "--concurrency", "none"))
+    assert created["id"] in text and "models *" in text and "500 tokens/day" in text
+    found = key_store.find_active(services.engine, created["key"])
+    assert (found["allowed_models"], found["concurrency"]) == (None, None)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    pytest.param((), "nothing to change", id="no-option"),
+    pytest.param(("--rpm", "0"), "--rpm", id="zero"),
+    pytest.param(("--concurrency", "two"), "--concurrency", id="not-a-number"),
+    pytest.param(("--name", " "), "--name", id="empty-name"),
+    pytest.param(("--allowed-models", ","), "--allowed-models", id="empty-model-list"),
+])
+def test_keys_update_refuses_bad_options(runner, services, args, fragment):
+    created = key_store.create(services.engine, "k", rpm=5)
+    output = failed(run(runner, "keys", "update", created["id"], *args))
+    assert fragment in output
+    assert key_store.find_active(services.engine, created["key"])["rpm"] == 5
+
+
+def test_keys_update_unknown_or_revoked_key(runner, services):
+    output = failed(run(runner, "keys", "update", "key_nope", "--rpm", "5"))
+    assert "no active key with id key_nope" in output
+    created = key_store.create(services.engine, "k")
+    key_store.revoke(services.engine, created["id"])
+    assert "no active key" in failed(run(runner, "keys", "update", created["id"], "--rpm", "5"))
+
+
+def test_keys_reset_usage(runner, services):
+    created = key_store.create(services.engine, "k", rpm=1, daily_tokens=10)
+    key = services.keys.authenticate(f"Bearer {created['key']}")[0]
+    services.limits.admit(key).release(25)
+    with pytest.raises(Exception, match="Rate limit reached"):
+        services.limits.admit(key)
+
+    assert json.loads(ok(run(runner, "keys", "reset-usage", created["id"], "--json"))) == {
+        "id": created["id"], "reset": True}
+
+    assert services.limits.admit(key) is not None
+    assert key_store.find_active(services.engine, created["key"])["rpm"] == 1, "the key keeps its limits"
+    assert "reset the usage counters" in ok(run(runner, "keys", "reset-usage", created["id"]))
+    assert "no key with id key_nope" in failed(run(runner, "keys", "reset-usage", "key_nope"))
 
 
 # --- accounts -------------------------------------------------------------------------------------

@@ -110,7 +110,8 @@ def test_find_active_and_revoke(engine):
     other = key_store.create(engine, "other")
 
     found = key_store.find_active(engine, created["key"])
-    assert found == {"id": created["id"], "name": "app", "allowed_models": ["gpt-5.2", "gpt-4.1"]}
+    assert found == {"id": created["id"], "name": "app", "allowed_models": ["gpt-5.2", "gpt-4.1"], "rpm": None,
+                     "concurrency": None, "daily_tokens": None}
     assert key_store.find_active(engine, other["key"])["allowed_models"] is None
     assert key_store.find_active(engine, created["key"] + "x") is None
     assert key_store.find_active(engine, created["key"][:10]) is None

@@ -4,6 +4,8 @@ import os
 import time
 
 from sqlalchemy import create_engine, event, or_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 
 
@@ -37,3 +39,15 @@ def take_lease(engine, table, row_id, until, owner_column, owner, seconds):
         return conn.execute(update(table).where(
             table.c.id == row_id, or_(until.is_(None), until < now),
         ).values({until: now + seconds, owner_column: owner})).rowcount == 1
+
+
+def insert_for(dialect_name):
+    """The INSERT construct with ``on_conflict_do_update`` (SQLite and PostgreSQL spell it alike)."""
+    return pg_insert if dialect_name == "postgresql" else sqlite_insert
+
+
+def upsert(conn, table, rows, keys, updates):
+    """Insert ``rows``, or update their ``updates`` columns where the ``keys`` already exist."""
+    statement = insert_for(conn.dialect.name)(table)
+    conn.execute(statement.on_conflict_do_update(
+        index_elements=keys, set_={column: statement.excluded[column] for column in updates}), rows)

@@ -56,3 +56,10 @@ def per_account(engine, since):
             .where(usage.c.created_at >= since, usage.c.account_id.is_not(None))
             .group_by(usage.c.account_id)).all()
     return {account_id: (int(requests), int(tokens)) for account_id, requests, tokens in rows}
+
+
+def tokens_of_key(engine, key_id, since):
+    """Total tokens of a key's requests since ``since``."""
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.coalesce(func.sum(usage.c.total_tokens), 0))
+                                .where(usage.c.key_id == key_id, usage.c.created_at >= since)).scalar())
