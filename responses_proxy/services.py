@@ -19,6 +19,7 @@ class Services:
         from .store.recorder import UsageRecorder
         from .upstream.client import UpstreamClient
         from .upstream.pool import AccountPool
+        from .usage.service import UsageService
 
         self.settings = config
         self.engine = make_engine(config["DATABASE_URL"])
@@ -30,6 +31,7 @@ class Services:
         self.limits = KeyLimits(self.engine, config["IN_FLIGHT_LEASE_SECONDS"])
         self.catalog = Catalog(self.client, self.pool, config["MODELS_CACHE_SECONDS"])
         self.conversations = ConversationService(self.engine, config)
+        self.usage = UsageService(self.engine)
         self.responses = ResponsesService(self.pool, self.client, self.catalog, self.conversations, config)
 
 

@@ -127,6 +127,14 @@ def auth(api_key):
     return {"Authorization": f"Bearer {api_key}"}
 
 
+def usage_row(created_at, key_id, model="gpt-5.2", status=200, total=15, account_id="acct_x"):
+    """A usage row as the recorder writes it (tokens: ``total`` - 5 in, 5 out)."""
+    return {"created_at": created_at, "request_id": "req", "key_id": key_id, "account_id": account_id,
+            "model": model, "stream": False, "status": status, "input_tokens": total - 5, "output_tokens": 5,
+            "total_tokens": total, "cached_tokens": 1, "reasoning_tokens": 2, "ttfb_ms": 120.0,
+            "duration_ms": 300.0, "error_code": None if status < 400 else "upstream_error"}
+
+
 def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -9,7 +9,7 @@ from responses_proxy.store import accounts as account_store
 from responses_proxy.store import keys as key_store
 from responses_proxy.store import migrate
 from responses_proxy.store import usage as usage_store
-from tests.conftest import make_app
+from tests.conftest import make_app, usage_row
 from tests.fake_upstream import auth_json, jwt
 
 
@@ -357,56 +357,6 @@ def test_accounts_remove(runner, services, account):
 def test_accounts_remove_json(runner, account):
     assert json.loads(ok(run(runner, "accounts", "remove", account["id"], "--json"))) == {
         "id": account["id"], "removed": True}
-
-
-# --- usage ----------------------------------------------------------------------------------------
-
-def usage_row(created_at, key_id, model="gpt-5.2", status=200, total=15):
-    return {"created_at": created_at, "request_id": "req", "key_id": key_id, "account_id": "acct_x",
-            "model": model, "stream": False, "status": status, "input_tokens": total - 5, "output_tokens": 5,
-            "total_tokens": total, "cached_tokens": 1, "reasoning_tokens": 2, "ttfb_ms": 120.0,
-            "duration_ms": 300.0, "error_code": None if status < 400 else "upstream_error"}
-
-
-@pytest.fixture
-def usage_rows(services):
-    now = time.time()
-    usage_store.insert_many(services.engine, [
-        usage_row(now - 60, "key_alpha"), usage_row(now - 120, "key_alpha", status=502, total=0),
-        usage_row(now - 180, "key_beta", model="gpt-4.1"),
-        usage_row(now - 3 * 86400, "key_gamma"),
-    ])
-
-
-def test_usage_report(runner, usage_rows):
-    text = ok(run(runner, "usage"))
-    assert "key_alpha" in text and "key_beta" in text
-    assert "key_gamma" not in text, "older than the default 24h window"
-
-    rows = {row["group"]: row for row in json.loads(ok(run(runner, "usage", "--json")))}
-    assert set(rows) == {"key_alpha", "key_beta"}
-    assert (rows["key_alpha"]["requests"], rows["key_alpha"]["errors"], rows["key_alpha"]["total_tokens"]) == (
-        2, 1, 15)
-
-
-def test_usage_report_by_model_and_since(runner, usage_rows):
-    by_model = {row["group"]: row["requests"] for row in json.loads(ok(run(runner, "usage", "--by", "model",
-                                                                           "--json")))}
-    assert by_model == {"gpt-5.2": 2, "gpt-4.1": 1}
-    week = {row["group"] for row in json.loads(ok(run(runner, "usage", "--since", "7d", "--json")))}
-    assert week == {"key_alpha", "key_beta", "key_gamma"}
-    recent = {row["group"] for row in json.loads(ok(run(runner, "usage", "--since", "90s", "--json")))}
-    assert recent == {"key_alpha"}
-
-
-def test_usage_report_empty(runner):
-    assert json.loads(ok(run(runner, "usage", "--json"))) == []
-
-
-@pytest.mark.parametrize("since", ["yesterday", "24", "-1h", "1w"])
-def test_usage_report_bad_since(runner, since):
-    output = failed(run(runner, "usage", "--since", since))
-    assert "--since" in output
 
 
 # --- db, settings ---------------------------------------------------------------------------------
