@@ -93,6 +93,8 @@ SETTINGS = (
     Setting("IN_FLIGHT_LEASE_SECONDS", _above_zero(float), 30.0,
             "A request counts against its key's concurrency limit in leases of this many seconds, which its "
             "worker renews while it runs: the requests of a worker that crashed stop counting within two leases."),
+    Setting("READINESS_CACHE_SECONDS", _positive(float), 1.0,
+            "How long each worker keeps the result of its readiness checks (GET /readyz); 0: check every probe."),
     Setting("LOG_LEVEL", _str, "INFO", "Level of the JSON log written to stderr."),
 )
 

@@ -12,6 +12,7 @@ class Services:
         from .catalog.service import Catalog
         from .conversations.service import ConversationService
         from .crypto import cipher_for
+        from .health.service import Readiness
         from .keys.limits import KeyLimits
         from .keys.service import KeyService
         from .responses.service import ResponsesService
@@ -32,6 +33,7 @@ class Services:
         self.catalog = Catalog(self.client, self.pool, config["MODELS_CACHE_SECONDS"])
         self.conversations = ConversationService(self.engine, config)
         self.usage = UsageService(self.engine)
+        self.readiness = Readiness(config["DATABASE_URL"], self.cipher, config["READINESS_CACHE_SECONDS"])
         self.responses = ResponsesService(self.pool, self.client, self.catalog, self.conversations, config)
 
 

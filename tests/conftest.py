@@ -1,5 +1,6 @@
 """Fixtures: a fresh app per test (flaskr style), the fake upstream, PostgreSQL, a real gunicorn."""
 
+import contextlib
 import ctypes
 import json
 import os
@@ -133,6 +134,28 @@ def usage_row(created_at, key_id, model="gpt-5.2", status=200, total=15, account
             "model": model, "stream": False, "status": status, "input_tokens": total - 5, "output_tokens": 5,
             "total_tokens": total, "cached_tokens": 1, "reasoning_tokens": 2, "ttfb_ms": 120.0,
             "duration_ms": 300.0, "error_code": None if status < 400 else "upstream_error"}
+
+
+@contextlib.contextmanager
+def read_only(paths):
+    """The files made read-only: by their mode, or, for root (whom modes do not bind), by the
+    immutable attribute, which also fails writes through descriptors already open."""
+    if os.geteuid() != 0:
+        modes = {path: os.stat(path).st_mode for path in paths}
+        for path in paths:
+            os.chmod(path, 0o444)
+        try:
+            yield
+        finally:
+            for path, mode in modes.items():
+                os.chmod(path, mode)
+        return
+    if subprocess.run(["chattr", "+i", *paths], capture_output=True).returncode != 0:
+        pytest.skip("running as root (file modes do not bind) on a filesystem without chattr +i")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", *paths], check=True)
 
 
 def free_port():

@@ -7,14 +7,19 @@ from sqlalchemy import create_engine, event, or_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 
-def make_engine(url):
+def make_engine(url, pooled=True, busy_timeout=30):
+    """``pooled=False``: a new connection for every use, to meet the database as a starting
+    worker would; ``busy_timeout``: seconds to wait for a lock (SQLite) or a connection
+    (PostgreSQL)."""
     parsed = make_url(url)
+    pooling = {} if pooled else {"poolclass": NullPool}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": busy_timeout}, **pooling)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):
@@ -23,11 +28,13 @@ def make_engine(url):
             # process (only an OS crash may lose the last commits) and much cheaper than FULL.
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
         return engine
+    if not pooled:
+        return create_engine(url, connect_args={"connect_timeout": max(1, int(busy_timeout))}, **pooling)
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=20)
 
 

@@ -128,6 +128,13 @@ conversation_items = Table(
     Index("ix_conversation_items_item", "conversation_id", "item_id"),
 )
 
+# One row per host, written by each readiness check: a write that must commit to count.
+readiness = Table(
+    "readiness", metadata,
+    Column("host", String(255), primary_key=True),
+    Column("checked_at", Float, nullable=False),
+)
+
 usage = Table(
     "usage", metadata,
     Column("id", BigId, primary_key=True, autoincrement=True),

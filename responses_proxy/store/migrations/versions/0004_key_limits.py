@@ -1,4 +1,4 @@
-"""Per-key limits and their shared counters.
+"""Per-key limits and their shared counters; the table readiness checks write to.
 
 Revision ID: 0004
 Revises: 0003
@@ -27,9 +27,15 @@ def upgrade():
         sa.Column("token_day", sa.Integer, nullable=False),
         sa.Column("tokens", sa.BigInteger, nullable=False),
     )
+    op.create_table(
+        "readiness",
+        sa.Column("host", sa.String(255), primary_key=True),
+        sa.Column("checked_at", sa.Float, nullable=False),
+    )
 
 
 def downgrade():
+    op.drop_table("readiness")
     op.drop_table("key_counters")
     with op.batch_alter_table("api_keys") as batch:
         batch.drop_column("daily_token_limit")
