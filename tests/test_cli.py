@@ -1,6 +1,8 @@
 """The operator CLI (``flask --app wsgi ...``), run through Flask's CLI runner."""
 
 import json
+import os
+import re
 import time
 
 import pytest
@@ -9,7 +11,7 @@ from responses_proxy.store import accounts as account_store
 from responses_proxy.store import keys as key_store
 from responses_proxy.store import migrate
 from responses_proxy.store import usage as usage_store
-from tests.conftest import make_app, usage_row
+from tests.conftest import ROOT, make_app, usage_row
 from tests.fake_upstream import auth_json, jwt
 
 
@@ -376,6 +378,19 @@ def test_settings(runner):
     assert values["RESPONSES_PROXY_ENCRYPTION_KEY"] == "(set)"
     assert "test-secret-key" not in text and "test-secret-key" not in json.dumps(values)
     assert all(name.startswith("RESPONSES_PROXY_") for name in values)
+
+
+def test_settings_show_every_setting_the_readme_documents(runner):
+    """The README's table of the app's settings and `settings --json` name the same settings."""
+    with open(os.path.join(ROOT, "README.md")) as handle:
+        readme = handle.read()
+    app_table = readme.split("### Settings", 1)[1].split("Read by `etc/gunicorn.conf.py`", 1)[0]
+    documented = set(re.findall(r"^\| `(RESPONSES_PROXY_[A-Z_]+)` \|", app_table, re.MULTILINE))
+
+    shown = set(json.loads(ok(run(runner, "settings", "--json"))))
+
+    assert shown == documented
+    assert {"RESPONSES_PROXY_IN_FLIGHT_LEASE_SECONDS", "RESPONSES_PROXY_READINESS_CACHE_SECONDS"} <= shown
 
 
 def test_settings_hide_the_database_password(tmp_path, upstream, postgres_url):
