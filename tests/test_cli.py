@@ -149,9 +149,8 @@ def test_keys_list_shows_limits_and_what_they_count(runner, services):
     free = key_store.create(services.engine, "free")
     held = services.limits.admit(services.keys.authenticate(f"Bearer {limited['key']}")[0])
     try:
-        usage_store.insert_many(services.engine, [usage_row(time.time() - 5, limited["id"], total=40)])
-        services.keys.update(limited["id"], {"daily_tokens": None})
-        services.keys.update(limited["id"], {"daily_tokens": 1000})  # counts today's 40 tokens from here on
+        usage_store.insert_many(services.engine, [usage_row(time.time() - 5, limited["id"], total=40),
+                                                  usage_row(time.time() - 5, free["id"], total=15)])
 
         text = ok(run(runner, "keys", "list"))
         rows = {row["id"]: row for row in json.loads(ok(run(runner, "keys", "list", "--json")))}
@@ -165,7 +164,7 @@ def test_keys_list_shows_limits_and_what_they_count(runner, services):
         "rpm": 60, "concurrency": 2, "daily_tokens": 1000, "in_flight": 1, "tokens_today": 40}
     assert {name: rows[free["id"]][name] for name in ("rpm", "concurrency", "daily_tokens", "in_flight",
                                                       "tokens_today")} == {
-        "rpm": None, "concurrency": None, "daily_tokens": None, "in_flight": None, "tokens_today": None}
+        "rpm": None, "concurrency": None, "daily_tokens": None, "in_flight": None, "tokens_today": 15}
 
 
 def test_keys_update(runner, services):
@@ -211,7 +210,8 @@ def test_keys_update_unknown_or_revoked_key(runner, services):
 def test_keys_reset_usage(runner, services):
     created = key_store.create(services.engine, "k", rpm=1, daily_tokens=10)
     key = services.keys.authenticate(f"Bearer {created['key']}")[0]
-    services.limits.admit(key).release(25)
+    services.limits.admit(key)
+    usage_store.insert_many(services.engine, [usage_row(time.time(), created["id"], total=25)])
     with pytest.raises(Exception, match="Rate limit reached"):
         services.limits.admit(key)
 

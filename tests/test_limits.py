@@ -8,6 +8,8 @@ import pytest
 from responses_proxy.keys.limits import KeyLimits, duration, rate_headers, refusal
 from responses_proxy.store import limits as store
 from responses_proxy.store import make_engine, migrate
+from responses_proxy.store import usage as usage_store
+from tests.conftest import usage_row
 
 LEASE = 10.0
 # 01:00 UTC, at the start of a lease period: the arithmetic below crosses neither a day nor a
@@ -30,6 +32,11 @@ def admit(engine, now=NOW, key_id="key_a", **limits):
 def key(rpm=None, concurrency=None, daily_tokens=None, key_id="key_a"):
     return {"id": key_id, "name": "k", "allowed_models": None, "rpm": rpm, "concurrency": concurrency,
             "daily_tokens": daily_tokens}
+
+
+def finish(engine, tokens, now=NOW, key_id="key_a"):
+    """A request of the key finished with ``tokens``: its usage row is written."""
+    usage_store.insert_many(engine, [usage_row(now, key_id, total=tokens)])
 
 
 def counts(engine, now=NOW, key_id="key_a"):
@@ -69,7 +76,7 @@ def test_in_flight_counts_until_released(engine):
     assert admit(engine, concurrency=2) is None
     assert counts(engine).in_flight == 2
 
-    store.release(engine, "key_a", NOW + 1, LEASE, registered=first.lease_period)
+    store.release(engine, "key_a", first.lease_period, NOW + 1, LEASE)
 
     assert counts(engine, NOW + 1).in_flight == 1
     assert admit(engine, NOW + 1, concurrency=2) is not None
@@ -90,7 +97,7 @@ def test_a_renewed_request_stays_counted_and_is_released_from_its_new_period(eng
         assert period == store.period_of(NOW + lease * LEASE, LEASE)
         assert admit(engine, NOW + lease * LEASE + 1, concurrency=1) is None, f"lease {lease}"
 
-    store.release(engine, "key_a", NOW + 4 * LEASE + 2, LEASE, registered=period)
+    store.release(engine, "key_a", period, NOW + 4 * LEASE + 2, LEASE)
 
     assert admit(engine, NOW + 4 * LEASE + 2, concurrency=1) is not None
 
@@ -98,9 +105,9 @@ def test_a_renewed_request_stays_counted_and_is_released_from_its_new_period(eng
 def test_a_late_release_of_an_expired_request_takes_nothing_from_live_ones(engine):
     stale = admit(engine, concurrency=2)
     live = admit(engine, NOW + 3 * LEASE, concurrency=2)
-    store.release(engine, "key_a", NOW + 3 * LEASE, LEASE, registered=stale.lease_period)
+    store.release(engine, "key_a", stale.lease_period, NOW + 3 * LEASE, LEASE)
     assert counts(engine, NOW + 3 * LEASE).in_flight == 1
-    store.release(engine, "key_a", NOW + 3 * LEASE, LEASE, registered=live.lease_period)
+    store.release(engine, "key_a", live.lease_period, NOW + 3 * LEASE, LEASE)
     assert counts(engine, NOW + 3 * LEASE).in_flight == 0
 
 
@@ -110,7 +117,7 @@ def test_a_clock_behind_the_row_never_moves_it_back(engine):
     late = admit(engine, NOW, concurrency=3)
     assert late.lease_period == store.period_of(NOW + LEASE, LEASE)
     assert counts(engine, NOW + LEASE).in_flight == 2
-    store.release(engine, "key_a", NOW, LEASE, registered=late.lease_period)
+    store.release(engine, "key_a", late.lease_period, NOW, LEASE)
     assert counts(engine, NOW + LEASE).in_flight == 1
 
 
@@ -144,7 +151,7 @@ def test_the_daily_budget_counts_finished_tokens_of_the_utc_day(engine):
     for _ in range(2):
         row = admit(engine, daily_tokens=30)
         assert row is not None
-        store.release(engine, "key_a", NOW, LEASE, tokens=19)
+        finish(engine, 19)
     assert counts(engine).tokens == 38
     assert admit(engine, daily_tokens=30) is None
 
@@ -156,16 +163,26 @@ def test_the_daily_budget_counts_finished_tokens_of_the_utc_day(engine):
 
 def test_a_request_admitted_under_the_budget_counts_all_its_tokens(engine):
     admit(engine, daily_tokens=30)
-    store.release(engine, "key_a", NOW, LEASE, tokens=29)
+    finish(engine, 29)
     assert admit(engine, daily_tokens=30) is not None, "29 < 30: one more request"
-    store.release(engine, "key_a", NOW, LEASE, tokens=500)
+    finish(engine, 500)
     assert counts(engine).tokens == 529
     assert admit(engine, daily_tokens=30) is None
 
 
-def test_today_tokens_can_be_set_and_reset(engine):
-    store.set_tokens_today(engine, "key_a", 25, NOW)
-    assert counts(engine).tokens == 25
+def test_tokens_count_on_the_day_their_request_finished(engine):
+    midnight = (store.day_of(NOW) + 1) * store.DAY
+    finish(engine, 10, NOW)
+    finish(engine, 20, midnight + 5)
+    finish(engine, 40, NOW + 60)  # a row of the day before, written late: that day is over
+    assert counts(engine, midnight + 10).tokens == 20
+
+
+def test_tokens_count_for_every_key_so_a_budget_set_later_knows_the_day(engine):
+    usage_store.insert_many(engine, [usage_row(NOW, "key_a", total=10), usage_row(NOW, "key_b", total=7),
+                                     usage_row(NOW, "key_a", total=15), usage_row(NOW, "key_a", status=502, total=0),
+                                     usage_row(NOW, "key_c", total=0)])
+    assert (counts(engine).tokens, counts(engine, key_id="key_b").tokens) == (25, 7)
     assert admit(engine, daily_tokens=25) is None
     store.reset(engine, "key_a")
     assert admit(engine, daily_tokens=25) is not None
@@ -247,9 +264,10 @@ def test_running_requests_keep_their_slot_across_lease_periods(engine):
     again.release()
 
 
-def test_release_counts_tokens_once(engine):
+def test_a_request_is_released_once(engine):
     limits = KeyLimits(engine, LEASE)
-    admission = limits.admit(key(concurrency=1, daily_tokens=100))
-    admission.release(19)
-    admission.release(19)
-    assert store.counts(store.read(engine, "key_a"), time.time(), LEASE)[:2] == (0, 19)
+    first, second = limits.admit(key(concurrency=2)), limits.admit(key(concurrency=2))
+    first.release()
+    first.release()
+    assert store.counts(store.read(engine, "key_a"), time.time(), LEASE).in_flight == 1
+    second.release()

@@ -3,7 +3,8 @@ day (UTC). Checked before a request is forwarded, counted in the database so tha
 across workers and hosts (``store/limits.py`` has the arithmetic).
 
 A key without limits costs nothing here. A limited key costs one statement when its request
-starts, and one when it ends if it has a concurrency limit or a daily budget.
+starts and, with a concurrency limit, one when it ends (other workers learn of a free slot no
+other way). Tokens are counted with the usage rows, off the request's path.
 """
 
 import collections
@@ -98,22 +99,19 @@ def refusal(key, counts, now):
 class Admission:
     """One request let in by its key's limits; ``release`` (once) when it ends."""
 
-    __slots__ = ("key_id", "period", "count_tokens", "headers", "released", "renewing", "pending_tokens",
-                 "_limits")
+    __slots__ = ("key_id", "period", "headers", "released", "renewing", "_limits")
 
-    def __init__(self, limits, key_id, period, count_tokens, headers):
+    def __init__(self, limits, key_id, period, headers):
         self._limits = limits
         self.key_id = key_id
         self.period = period  # the lease period it counts in flight in; None: not counted
-        self.count_tokens = count_tokens
         self.headers = headers
         self.released = False
         self.renewing = False
-        self.pending_tokens = None
 
-    def release(self, tokens=None):
-        """Out of flight, and ``tokens`` (the answer's total) added to the key's day. Never raises."""
-        self._limits.release(self, tokens)
+    def release(self):
+        """Out of flight (once; never raises)."""
+        self._limits.release(self)
 
 
 class KeyLimits:
@@ -135,7 +133,7 @@ class KeyLimits:
             row = store.admit(self._engine, key["id"], now, self._lease, rpm, concurrency, budget)
             if row is not None:
                 admission = Admission(self, key["id"], row.lease_period if concurrency is not None else None,
-                                      budget is not None, rate_headers(key, store.counts(row, now, self._lease), now))
+                                      rate_headers(key, store.counts(row, now, self._lease), now))
                 if admission.period is not None:
                     self._hold(admission)
                 return admission
@@ -146,23 +144,21 @@ class KeyLimits:
         raise RateLimitExceeded("Rate limit reached for this API key. Please try again in 1s.",
                                 headers={"Retry-After": "1"})
 
-    def release(self, admission, tokens):
+    def release(self, admission):
         with self._lock:
             if admission.released:
                 return
             admission.released = True
             self._held.discard(admission)
             if admission.renewing:  # the renewal under way releases it when its statement is done
-                admission.pending_tokens = tokens
                 return
-        self._write_release(admission, tokens)
+        self._write_release(admission)
 
-    def _write_release(self, admission, tokens):
-        tokens = tokens if admission.count_tokens and tokens else None
-        if admission.period is None and tokens is None:
+    def _write_release(self, admission):
+        if admission.period is None:
             return
         try:
-            store.release(self._engine, admission.key_id, time.time(), self._lease, admission.period, tokens)
+            store.release(self._engine, admission.key_id, admission.period, time.time(), self._lease)
         except Exception:
             # The in-flight count then expires with its lease; the request itself is over.
             log.exception("could not release a request from its key's limits")
@@ -211,4 +207,4 @@ class KeyLimits:
                 if admission.released:
                     ended.append(admission)
         for admission in ended:
-            self._write_release(admission, admission.pending_tokens)
+            self._write_release(admission)

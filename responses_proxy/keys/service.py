@@ -5,7 +5,6 @@ import time
 from ..errors import InvalidApiKey
 from ..store import keys as store
 from ..store import limits as limit_store
-from ..store import usage as usage_store
 
 
 class KeyService:
@@ -30,34 +29,21 @@ class KeyService:
         return store.create(self.engine, name, allowed_models, rpm, concurrency, daily_tokens)
 
     def list(self):
-        """Every key, with what its limits count now: requests in flight (with a concurrency
-        limit) and today's tokens (with a daily budget); None where the key has no such limit."""
+        """Every key, with what its limits count now: requests in flight (None without a
+        concurrency limit: they are not counted) and today's tokens."""
         now = time.time()
         counters = limit_store.read_all(self.engine)
         rows = []
         for row in store.list_all(self.engine):
             counts = limit_store.counts(counters.get(row["id"]), now, self.lease_seconds)
             rows.append({**row, "in_flight": counts.in_flight if row["concurrency"] is not None else None,
-                         "tokens_today": counts.tokens if row["daily_tokens"] is not None else None})
+                         "tokens_today": counts.tokens})
         return rows
 
     def update(self, key_id, changes):
         """Change an unrevoked key (``changes``: name, allowed_models, rpm, concurrency,
-        daily_tokens; None lifts a limit); the key after, or None when there is no such key.
-
-        A daily budget set on a key that had none starts from what the key used today, so that
-        the budget means the same whenever it was set.
-        """
-        changed = store.change(self.engine, key_id, changes)
-        if changed is None:
-            return None
-        before, after = changed
-        if before["daily_tokens"] is None and after["daily_tokens"] is not None:
-            now = time.time()
-            day_start = limit_store.day_of(now) * limit_store.DAY
-            limit_store.set_tokens_today(self.engine, key_id, usage_store.tokens_of_key(self.engine, key_id, day_start),
-                                         now)
-        return after
+        daily_tokens; None lifts a limit); the key after, or None when there is no such key."""
+        return store.change(self.engine, key_id, changes)
 
     def reset_usage(self, key_id):
         """Forget what a key's limits counted (False when there is no such key)."""

@@ -1,8 +1,8 @@
 """One exchange of ``POST /v1/responses``, from the request to the last byte, and its owner.
 
 An exchange holds what must be settled however it ends: the usage row and the request's log
-line, the account's in-flight slot, the conversation turn, and what the key's limits counted
-(the request in flight, its tokens). ``finish`` settles all four, once; it is safe to call
+line, the account's in-flight slot, the conversation turn, and the key's count of requests in
+flight. ``finish`` settles all four, once; it is safe to call
 again, and it runs on every path: a JSON answer, the end of a stream, an error before or after
 the first byte, a client that went away, an exception nobody expected.
 """
@@ -83,7 +83,7 @@ class Exchange:
 
     def finish(self, status, error_code=None, ttfb=None, usage=None):
         """Settle everything, once: the slot, the turn (aborted if still open), the key's
-        limits (the answer's tokens count towards its day), the usage row."""
+        request in flight, the usage row (its tokens count towards the key's day)."""
         if self.finished:
             return
         self.finished = True
@@ -96,7 +96,7 @@ class Exchange:
             log.exception("could not release what the request held")
         finally:
             if self._admission is not None:
-                self._admission.release(usage.get("total_tokens") if usage else None)
+                self._admission.release()
             self._record(status, error_code, ttfb, usage)
 
     def fail(self, exc):

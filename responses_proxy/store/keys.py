@@ -78,17 +78,14 @@ LIMIT_COLUMNS = {"rpm": "rpm_limit", "concurrency": "concurrency_limit", "daily_
 
 def change(engine, key_id, changes):
     """Change an unrevoked key's name, allowed_models or limits (``changes`` names them as
-    ``public`` does; None lifts a limit). Returns (row before, row after), or None when there is
-    no such key."""
+    ``public`` does; None lifts a limit). Returns the key after, or None when there is no such key."""
     values = {LIMIT_COLUMNS.get(name, name): value for name, value in changes.items()}
-    active = and_(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
     with engine.begin() as conn:
-        before = conn.execute(select(api_keys).where(active)).mappings().first()
-        if before is None:
+        changed = conn.execute(update(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                               .values(**values)).rowcount
+        if changed != 1:
             return None
-        conn.execute(update(api_keys).where(active).values(**values))
-        after = conn.execute(select(api_keys).where(api_keys.c.id == key_id)).mappings().one()
-    return public(before), public(after)
+        return public(conn.execute(select(api_keys).where(api_keys.c.id == key_id)).mappings().one())
 
 
 def revoke(engine, key_id):

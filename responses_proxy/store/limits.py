@@ -1,7 +1,7 @@
-"""Per-key limit counters: one row per limited key, one statement to check and count a request.
+"""Per-key limit counters: one row per key, one statement to check and count a request.
 
-The three limits share the row, and one conditional upsert checks and counts every limit a
-key has (a refused request changes nothing):
+The three limits share the row, and one conditional upsert checks every limit a key has and
+counts the request (a refused request changes nothing):
 
 - requests per minute, as a GCRA (a bucket of ``rpm`` requests that refills continuously):
   ``bucket_full_at`` is when the bucket is full again. Each request pushes it 60/rpm seconds
@@ -10,7 +10,10 @@ key has (a refused request changes nothing):
   and its worker moves it into each new period while it runs (``renew``). The row keeps the
   current and the previous period's counts; anything older (what a crashed worker left
   behind) drops out, so a stale count expires after one to two periods;
-- tokens per calendar day (UTC): the total tokens of the requests that finished that day.
+- tokens per calendar day (UTC): the total tokens of the requests that finished that day,
+  added when their usage rows are written (in the same transaction, batched: no statement of
+  its own on the request's path), for every key, so that a budget set during the day starts
+  from what the key used that day.
 
 PostgreSQL re-checks the WHERE of a conflicting upsert against the row a concurrent
 transaction committed, and SQLite has one writer at a time: two workers never both take the
@@ -112,33 +115,36 @@ def admit(engine, key_id, now, lease_seconds, rpm=None, concurrency=None, daily_
         return conn.execute(statement, params).first()
 
 
-@functools.cache
-def _release_statement(dialect, slot, tokens):
-    changes = {}
-    if slot:
-        changes.update(
-            lease_period=_row_period,
-            in_flight=case((and_(_row_period == _registered, _row_current > _0), _row_current - _1),
-                           else_=_row_current),
-            in_flight_previous=case((and_(_row_period - _1 == _registered, _row_previous > _0), _row_previous - _1),
-                                    else_=_row_previous))
-    if tokens:
-        changes.update(token_day=_row_token_day, tokens=_row_tokens + _finished_tokens)
-    statement = insert_for(dialect)(key_counters).values(_fresh_row(tokens=_finished_tokens if tokens else _0))
-    return statement.on_conflict_do_update(index_elements=[_c.key_id], set_=changes)
+_RELEASE = update(key_counters).where(_c.key_id == _key).values(
+    lease_period=_row_period,
+    in_flight=case((and_(_row_period == _registered, _row_current > _0), _row_current - _1), else_=_row_current),
+    in_flight_previous=case((and_(_row_period - _1 == _registered, _row_previous > _0), _row_previous - _1),
+                            else_=_row_previous))
 
 
-def release(engine, key_id, now, lease_seconds, registered=None, tokens=None):
-    """A request ended: out of flight (when it was counted in period ``registered``), and its
-    ``tokens`` added to the day's total (when the key has a daily budget)."""
-    params = {"key": key_id, "period": period_of(now, lease_seconds), "day": day_of(now)}
-    if registered is not None:
-        params["registered"] = registered
-    if tokens:
-        params["finished_tokens"] = tokens
-    statement = _release_statement(engine.dialect.name, registered is not None, bool(tokens))
+def release(engine, key_id, registered, now, lease_seconds):
+    """A request counted in flight in period ``registered`` ended."""
     with engine.begin() as conn:
-        conn.execute(statement, params)
+        conn.execute(_RELEASE, {"key": key_id, "registered": registered, "period": period_of(now, lease_seconds)})
+
+
+@functools.cache
+def _add_tokens_statement(dialect):
+    statement = insert_for(dialect)(key_counters).values(_fresh_row(tokens=_finished_tokens))
+    # Tokens of a day before the row's count for nothing: that day is over.
+    return statement.on_conflict_do_update(index_elements=[_c.key_id], set_={
+        "token_day": _row_token_day,
+        "tokens": case((_c.token_day > _day, _c.tokens), (_c.token_day == _day, _c.tokens + _finished_tokens),
+                       else_=_finished_tokens)})
+
+
+def add_tokens(conn, tokens):
+    """Add ``tokens`` ({(key id, day): total tokens of its requests that finished that day}) to
+    the keys' counts of the day."""
+    if tokens:
+        conn.execute(_add_tokens_statement(conn.dialect.name), [
+            {"key": key_id, "day": day, "finished_tokens": count, "period": 0}
+            for (key_id, day), count in tokens.items()])
 
 
 _RENEW = update(key_counters).where(_c.key_id == _key).values(
@@ -189,12 +195,3 @@ def reset(engine, key_id):
     """Forget a key's counters: a full requests bucket, nothing in flight, no tokens today."""
     with engine.begin() as conn:
         conn.execute(delete(key_counters).where(_c.key_id == key_id))
-
-
-def set_tokens_today(engine, key_id, tokens, now):
-    """Start today's token count at ``tokens`` (a daily budget set during the day)."""
-    statement = insert_for(engine.dialect.name)(key_counters).values(_fresh_row(tokens=_finished_tokens))
-    statement = statement.on_conflict_do_update(index_elements=[_c.key_id],
-                                                set_={"token_day": _day, "tokens": _finished_tokens})
-    with engine.begin() as conn:
-        conn.execute(statement, {"key": key_id, "period": 0, "day": day_of(now), "finished_tokens": tokens})

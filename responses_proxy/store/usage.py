@@ -1,9 +1,11 @@
 """Usage rows: one per request, written in batches by ``UsageRecorder``."""
 
+import collections
 import logging
 
 from sqlalchemy import Integer, case, cast, func, insert, select
 
+from . import limits
 from .tables import api_keys, usage
 
 log = logging.getLogger(__name__)
@@ -15,9 +17,17 @@ COLUMNS = ("created_at", "request_id", "key_id", "account_id", "model", "stream"
 
 
 def insert_many(engine, rows):
+    """Write usage rows, and add their tokens to their keys' day (``limits.add_tokens``) in the
+    same transaction: a daily budget counts exactly what the rows say."""
     if rows:
+        tokens = collections.Counter()
+        for row in rows:
+            if row.get("key_id") and row.get("total_tokens"):
+                finished = row["created_at"] + (row.get("duration_ms") or 0) / 1000
+                tokens[row["key_id"], limits.day_of(finished)] += row["total_tokens"]
         with engine.begin() as conn:
             conn.execute(insert(usage), [{column: row.get(column) for column in COLUMNS} for row in rows])
+            limits.add_tokens(conn, tokens)
 
 
 # Time groups: whole periods since the epoch (UTC), as reports group rows by day or hour.
@@ -73,9 +83,3 @@ def per_account(engine, since):
             .group_by(usage.c.account_id)).all()
     return {account_id: (int(requests), int(tokens)) for account_id, requests, tokens in rows}
 
-
-def tokens_of_key(engine, key_id, since):
-    """Total tokens of a key's requests since ``since``."""
-    with engine.connect() as conn:
-        return int(conn.execute(select(func.coalesce(func.sum(usage.c.total_tokens), 0))
-                                .where(usage.c.key_id == key_id, usage.c.created_at >= since)).scalar())

@@ -146,12 +146,13 @@ def test_requests_per_minute_hold_across_workers_and_hosts(gateway, upstream, tm
 
 def test_every_answer_of_a_limited_key_carries_the_headers(gateway, upstream):
     key = new_key(gateway, rpm=100, daily_tokens=100000)
-    answers = {
-        "json": ask(gateway, key),
+    answers = {"json": ask(gateway, key)}
+    usage_rows(gateway, key, 1)  # its tokens are counted with its usage row
+    answers.update({
         "stream": ask(gateway, key, stream=True),
         "invalid body": ask(gateway, key, store=True),
         "unknown model": ask(gateway, key, model="gpt-unknown"),
-    }
+    })
     assert [reply.status_code for reply in answers.values()] == [200, 200, 400, 400]
     assert answers["stream"].headers["Content-Type"] == "text/event-stream"
     for name, reply in answers.items():
@@ -255,7 +256,10 @@ def test_the_daily_budget_and_reset_usage(gateway, upstream):
     total = USAGE["total_tokens"]  # what the fake upstream reports for every answer
     key = flask(gateway, "keys", "create", "--name", "budget", "--daily-tokens", str(2 * total - 1))
 
-    first, second = ask(gateway, key), ask(gateway, key, stream=True)
+    first = ask(gateway, key)
+    usage_rows(gateway, key, 1)  # tokens count once the answer's usage row is written
+    second = ask(gateway, key, stream=True)
+    usage_rows(gateway, key, 2)
     refused = ask(gateway, key)
 
     assert (first.status_code, second.status_code) == (200, 200)
@@ -289,6 +293,7 @@ def test_limits_changed_by_the_cli_apply_at_once(gateway, upstream):
     assert limited.status_code == 200
     # A budget set during the day starts from what the key already used today.
     assert limited.headers["x-ratelimit-remaining-tokens"] == "1"
+    usage_rows(gateway, key, 3)
     check_refused(ask(gateway, key), "tokens per day")
 
     flask(gateway, "keys", "update", key["id"], "--rpm", "none", "--daily-tokens", "none")
