@@ -149,8 +149,9 @@ class Gateway:
             time.sleep(0.1)
         raise RuntimeError(f"gunicorn ({self.name}) did not become healthy: {self.log_tail()}")
 
-    def provision(self, accounts):
-        """An API key and ``accounts`` upstream accounts, through the store like the CLI does."""
+    def provision(self, accounts, key_limits=False):
+        """An API key (with limits it never reaches, if ``key_limits``) and ``accounts`` upstream
+        accounts, through the store like the CLI does."""
         from responses_proxy import create_app
         from responses_proxy.store import accounts as account_store
         from responses_proxy.store import keys as key_store
@@ -164,7 +165,8 @@ class Gateway:
                           "LOG_LEVEL": "WARNING"})
         services = app.extensions["responses_proxy"]
         try:
-            self.key = key_store.create(services.engine, "bench")["key"]
+            limits = {"rpm": 10**9, "concurrency": 10**6, "daily_tokens": 10**15} if key_limits else {}
+            self.key = key_store.create(services.engine, "bench", **limits)["key"]
             for index in range(accounts):
                 document = auth_json(account_id=f"acct-bench-{index:03d}", email=f"bench{index}@example.com",
                                      expires_in=7 * 86400, last_refresh=last_refresh)

@@ -45,6 +45,7 @@ class Settings:
     settle: float = 2.0             # seconds before memory is read, once connections are open
     nginx: bool = True
     install: bool = True
+    key_limits: bool = False        # the bench key has limits (never reached): what checking them costs
     out: str = os.path.join(RESULTS, "latest.json")
 
     @classmethod
@@ -116,7 +117,7 @@ class Bench:
             gateway = procs.Gateway(self.processes, name, self.upstream.url, self.workdir, workers)
             started.append((gateway, accounts, cache_keys))
         for gateway, accounts, cache_keys in started:
-            gateway.wait_ready().provision(accounts)
+            gateway.wait_ready().provision(accounts, self.s.key_limits)
             self.gateways.append(gateway)
             self.targets[gateway.name] = Target(gateway.name, gateway.port, "/v1/responses", gateway, gateway.key,
                                                 cache_keys)
@@ -368,7 +369,8 @@ class Bench:
             "setup": {
                 "gateway": "gunicorn -c etc/gunicorn.conf.py wsgi:app -b 127.0.0.1:PORT (gevent workers; default "
                            "worker count, except scenario 4: RESPONSES_PROXY_WORKERS=2), "
-                           "RESPONSES_PROXY_ACCESS_LOG=off, RESPONSES_PROXY_LOG_LEVEL=WARNING, SQLite in a temp dir",
+                           "RESPONSES_PROXY_ACCESS_LOG=off, RESPONSES_PROXY_LOG_LEVEL=WARNING, SQLite in a temp dir"
+                           + ("; the API key has limits it never reaches (--key-limits)" if self.s.key_limits else ""),
                 "gateway_workers": default_workers(),
                 "nginx": procs.nginx_version(self.nginx_binary) if self.nginx_binary else None,
                 "nginx_missing": self.nginx_missing,
@@ -535,6 +537,9 @@ def parse_args(argv):
     parser.add_argument("--websockets", help="idle WebSocket counts of scenario 6, comma-separated (default 1000,5000)")
     parser.add_argument("--no-nginx", action="store_true", help="skip the nginx column")
     parser.add_argument("--no-install", action="store_true", help="do not apt-get install nginx when missing")
+    parser.add_argument("--key-limits", action="store_true",
+                        help="give the bench key limits it never reaches (rpm, concurrency, daily tokens), "
+                             "to measure what checking and counting them costs")
     parser.add_argument("--out", default=os.path.join(RESULTS, "latest.json"), help="where to write the JSON")
     args = parser.parse_args(argv)
     scenarios = tuple(SCENARIOS.values())
@@ -549,6 +554,7 @@ def parse_args(argv):
     settings.nginx = not args.no_nginx
     settings.install = not args.no_install
     settings.out = args.out
+    settings.key_limits = args.key_limits
     if args.reps:
         settings.reps = settings.throughput_reps = settings.open_reps = args.reps
     if args.duration:

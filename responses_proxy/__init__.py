@@ -41,7 +41,7 @@ def configure_logging(app):
 
 
 def register_domains(app):
-    from . import catalog, cli, conversations, keys, observability, responses
+    from . import catalog, cli, conversations, health, keys, observability, responses, usage
 
-    for domain in (observability, keys, responses, catalog, conversations, cli):
+    for domain in (observability, health, keys, responses, catalog, conversations, usage, cli):
         domain.init_app(app)

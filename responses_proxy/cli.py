@@ -1,7 +1,8 @@
-"""Operator commands: ``flask --app wsgi keys|accounts|usage|db|settings``; each takes ``--json``."""
+"""Operator commands (``flask --app wsgi ...``): what every domain's commands share (``Group``,
+``uses_database``, ``emit``, ``table``), and the accounts, db and settings commands. Each takes
+``--json``."""
 
 import functools
-import re
 import time
 from datetime import UTC, datetime
 
@@ -193,33 +194,6 @@ def accounts_remove(account_id, as_json):
     emit({"id": account_id, "removed": True}, as_json, f"removed {account_id}")
 
 
-DURATION = re.compile(r"^(\d+)([smhd])$")
-
-
-def parse_since(value):
-    match = DURATION.match(value)
-    if not match:
-        raise click.BadParameter("use a number and a unit, like 30m, 24h or 7d", param_hint="--since")
-    return int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-
-
-@click.command("usage", cls=Command)
-@with_appcontext
-@click.option("--since", default="24h", show_default=True, help="Window: 30m, 24h, 7d...")
-@click.option("--by", "group", type=click.Choice(["key", "account", "model"]), default="key", show_default=True)
-@json_option
-@uses_database
-def usage_report(since, group, as_json):
-    """Requests, errors and tokens per key, account or model."""
-    rows = usage_store.summary(services().engine, time.time() - parse_since(since), group + "_id"
-                               if group != "model" else "model")
-    emit(rows, as_json, table(
-        [(row["group"] or "-", row["requests"], row["errors"] or 0, row["input_tokens"], row["cached_tokens"],
-          row["output_tokens"], row["reasoning_tokens"],
-          "-" if row["avg_ttfb_ms"] is None else f"{row['avg_ttfb_ms']:.0f}") for row in rows],
-        (group.upper(), "REQUESTS", "ERRORS", "INPUT", "CACHED", "OUTPUT", "REASONING", "AVG TTFB MS")))
-
-
 db_cli = Group("db", help="Database schema.")
 
 
@@ -247,5 +221,5 @@ def settings(as_json):
 
 
 def init_app(app):
-    for command in (accounts_cli, usage_report, db_cli, settings):
+    for command in (accounts_cli, db_cli, settings):
         app.cli.add_command(command)

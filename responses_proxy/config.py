@@ -59,6 +59,16 @@ def _at_least(minimum):
     return check
 
 
+def _above_zero(parse):
+    def check(value):
+        parsed = parse(value)
+        if parsed <= 0:
+            raise ValueError(f"must be above zero: {value!r}")
+        return parsed
+
+    return check
+
+
 SETTINGS = (
     Setting("DATA_DIR", _str, "./var", "Directory for the SQLite database and the generated secret key."),
     Setting("DATABASE_URL", _str, None,
@@ -122,6 +132,11 @@ SETTINGS = (
             "`flask --app wsgi conversations prune` deletes conversations idle for longer than this."),
     Setting("USAGE_FLUSH_SECONDS", _positive(float), 1.0,
             "Usage rows are written in batches at most this far apart (0 writes each row at once)."),
+    Setting("IN_FLIGHT_LEASE_SECONDS", _above_zero(float), 30.0,
+            "A request counts against its key's concurrency limit in leases of this many seconds, which its "
+            "worker renews while it runs: the requests of a worker that crashed stop counting within two leases."),
+    Setting("READINESS_CACHE_SECONDS", _positive(float), 1.0,
+            "How long each worker keeps the result of its readiness checks (GET /readyz); 0: check every probe."),
     Setting("LOG_LEVEL", _str, "INFO", "Level of the JSON log written to stderr."),
 )
 

@@ -116,6 +116,15 @@ class UsageLimitReached(ApiError):
         super().__init__(message, headers=headers, extra=extra)
 
 
+class RateLimitExceeded(ApiError):
+    """The calling key is over one of its own limits (the operator's, not the upstream's):
+    OpenAI's shape, so SDKs wait for ``Retry-After`` and try again."""
+
+    status = 429
+    type = "rate_limit_exceeded"
+    code = "rate_limit_exceeded"
+
+
 class UpstreamError(ApiError):
     status = 502
     type = "upstream_error"

@@ -1,4 +1,4 @@
-"""Request ids, JSON logs and the health endpoint."""
+"""Request ids and JSON logs."""
 
 import logging
 import re
@@ -7,14 +7,9 @@ import time
 import uuid
 
 import orjson
-from flask import Blueprint, g, jsonify, request
-from sqlalchemy import text
-
-from .services import services
+from flask import g, request
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-
-bp = Blueprint("observability", __name__)
 
 
 class JsonFormatter(logging.Formatter):
@@ -60,15 +55,3 @@ def init_app(app):
             response.headers["X-Request-Id"] = request_id
         return response
 
-    app.register_blueprint(bp)
-
-
-@bp.get("/healthz")
-def health():
-    """Liveness and database reachability, for load balancers and systemd watchdogs."""
-    try:
-        with services().engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except Exception as exc:  # any database failure means "not healthy", with the reason
-        return jsonify({"status": "unhealthy", "database": type(exc).__name__}), 503
-    return jsonify({"status": "ok"})

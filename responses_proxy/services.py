@@ -6,14 +6,16 @@ EXTENSION = "responses_proxy"
 
 
 class Services:
-    """Engine, cipher, upstream client, pool, the domain services and the open WebSocket
-    sessions: ``services()``."""
+    """Engine, cipher, upstream client, pool, key limits, the domain services and the open
+    WebSocket sessions: ``services()``."""
 
     def __init__(self, config):
         from .catalog.service import Catalog
         from .conversations.schemas import CreateConversationSchema
         from .conversations.service import ConversationService
         from .crypto import cipher_for
+        from .health.service import Readiness
+        from .keys.limits import KeyLimits
         from .keys.service import KeyService
         from .pool import AccountPool
         from .responses.schemas import ResponsesRequestSchema
@@ -22,6 +24,7 @@ class Services:
         from .store import make_engine
         from .store.recorder import UsageRecorder
         from .upstream.client import UpstreamClient
+        from .usage.service import UsageService
 
         self.settings = config
         self.engine = make_engine(config["DATABASE_URL"])
@@ -29,9 +32,12 @@ class Services:
         self.client = UpstreamClient(config)
         self.recorder = UsageRecorder(self.engine, config["USAGE_FLUSH_SECONDS"])
         self.pool = AccountPool(self.engine, self.cipher, self.client, config)
-        self.keys = KeyService(self.engine)
+        self.keys = KeyService(self.engine, config["IN_FLIGHT_LEASE_SECONDS"])
+        self.limits = KeyLimits(self.engine, config["IN_FLIGHT_LEASE_SECONDS"])
         self.catalog = Catalog(self.client, self.pool, config["MODELS_CACHE_SECONDS"])
         self.conversations = ConversationService(self.engine, config)
+        self.usage = UsageService(self.engine)
+        self.readiness = Readiness(config["DATABASE_URL"], self.cipher, config["READINESS_CACHE_SECONDS"])
         self.responses = ResponsesService(self.pool, self.client, self.catalog, self.conversations, config)
         # The request contracts whose limits are settings.
         self.request_schema = ResponsesRequestSchema(max_input_items=config["MAX_INPUT_ITEMS"])

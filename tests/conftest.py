@@ -1,5 +1,6 @@
 """Fixtures: a fresh app per test (flaskr style), the fake upstream, PostgreSQL, a real gunicorn."""
 
+import contextlib
 import ctypes
 import json
 import os
@@ -127,6 +128,36 @@ def auth(api_key):
     return {"Authorization": f"Bearer {api_key}"}
 
 
+def usage_row(created_at, key_id, model="gpt-5.2", status=200, total=15, account_id="acct_x"):
+    """A usage row as the recorder writes it (tokens: ``total`` - 5 in, 5 out)."""
+    return {"created_at": created_at, "request_id": "req", "key_id": key_id, "account_id": account_id,
+            "model": model, "stream": False, "status": status, "input_tokens": total - 5, "output_tokens": 5,
+            "total_tokens": total, "cached_tokens": 1, "reasoning_tokens": 2, "ttfb_ms": 120.0,
+            "duration_ms": 300.0, "error_code": None if status < 400 else "upstream_error"}
+
+
+@contextlib.contextmanager
+def read_only(paths):
+    """The files made read-only: by their mode, or, for root (whom modes do not bind), by the
+    immutable attribute, which also fails writes through descriptors already open."""
+    if os.geteuid() != 0:
+        modes = {path: os.stat(path).st_mode for path in paths}
+        for path in paths:
+            os.chmod(path, 0o444)
+        try:
+            yield
+        finally:
+            for path, mode in modes.items():
+                os.chmod(path, mode)
+        return
+    if subprocess.run(["chattr", "+i", *paths], capture_output=True).returncode != 0:
+        pytest.skip("running as root (file modes do not bind) on a filesystem without chattr +i")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", *paths], check=True)
+
+
 def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -208,11 +239,11 @@ class Gateway:
     def create_key(self, allowed_models=None):
         return self.create_key_row(allowed_models)["key"]
 
-    def create_key_row(self, allowed_models=None):
-        """A new API key: its row, with the plaintext ``key``."""
+    def create_key_row(self, allowed_models=None, **limits):
+        """A new API key (``limits``: rpm, concurrency, daily_tokens): its row, with the plaintext ``key``."""
         app = self.app()
         try:
-            return key_store.create(app.extensions["responses_proxy"].engine, "e2e", allowed_models)
+            return key_store.create(app.extensions["responses_proxy"].engine, "e2e", allowed_models, **limits)
         finally:
             app.extensions["responses_proxy"].engine.dispose()
 

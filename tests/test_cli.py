@@ -1,6 +1,8 @@
 """The operator CLI (``flask --app wsgi ...``), run through Flask's CLI runner."""
 
 import json
+import os
+import re
 import time
 
 import pytest
@@ -12,7 +14,7 @@ from responses_proxy.store import keys as key_store
 from responses_proxy.store import migrate
 from responses_proxy.store import usage as usage_store
 from responses_proxy.store.tables import accounts
-from tests.conftest import make_app
+from tests.conftest import ROOT, make_app, usage_row
 from tests.fake_upstream import auth_json, jwt
 
 
@@ -50,7 +52,8 @@ def test_keys_create_prints_id_and_key_once(runner, services):
     assert key.startswith("sk-rp-")
     assert "only time" in output
     found = key_store.find_active(services.engine, key)
-    assert found == {"id": key_id, "name": "laptop", "allowed_models": None}
+    assert found == {"id": key_id, "name": "laptop", "allowed_models": None, "rpm": None, "concurrency": None,
+                     "daily_tokens": None}
 
 
 def test_keys_create_json(runner, services):
@@ -125,6 +128,103 @@ def test_keys_revoke_unknown_id_fails_clearly(runner, services, already_revoked)
     output = failed(run(runner, "keys", "revoke", key_id))
 
     assert key_id in output and "no active key" in output
+
+
+def test_keys_create_with_limits(runner, services):
+    created = json.loads(ok(run(runner, "keys", "create", "--name", "ci", "--rpm", "60", "--concurrency", "2",
+                                "--daily-tokens", "100000", "--json")))
+
+    assert (created["rpm"], created["concurrency"], created["daily_tokens"]) == (60, 2, 100000)
+    found = key_store.find_active(services.engine, created["key"])
+    assert (found["rpm"], found["concurrency"], found["daily_tokens"]) == (60, 2, 100000)
+
+
+@pytest.mark.parametrize("option", ["--rpm", "--concurrency", "--daily-tokens"])
+@pytest.mark.parametrize("value", ["0", "-1", "many", "none"])
+def test_keys_create_refuses_bad_limits(runner, services, option, value):
+    output = failed(run(runner, "keys", "create", "--name", "x", option, value))
+    assert option in output
+    assert key_store.list_all(services.engine) == []
+
+
+def test_keys_list_shows_limits_and_what_they_count(runner, services):
+    limited = key_store.create(services.engine, "limited", rpm=60, concurrency=2, daily_tokens=1000)
+    free = key_store.create(services.engine, "free")
+    held = services.limits.admit(services.keys.authenticate(f"Bearer {limited['key']}")[0])
+    try:
+        usage_store.insert_many(services.engine, [usage_row(time.time() - 5, limited["id"], total=40),
+                                                  usage_row(time.time() - 5, free["id"], total=15)])
+
+        text = ok(run(runner, "keys", "list"))
+        rows = {row["id"]: row for row in json.loads(ok(run(runner, "keys", "list", "--json")))}
+    finally:
+        held.release()
+
+    assert "60 rpm, 2 at once, 1000 tokens/day" in text
+    assert "LIMITS" in text and "IN FLIGHT" in text and "TOKENS TODAY" in text
+    assert {name: rows[limited["id"]][name] for name in ("rpm", "concurrency", "daily_tokens", "in_flight",
+                                                         "tokens_today")} == {
+        "rpm": 60, "concurrency": 2, "daily_tokens": 1000, "in_flight": 1, "tokens_today": 40}
+    assert {name: rows[free["id"]][name] for name in ("rpm", "concurrency", "daily_tokens", "in_flight",
+                                                      "tokens_today")} == {
+        "rpm": None, "concurrency": None, "daily_tokens": None, "in_flight": None, "tokens_today": 15}
+
+
+def test_keys_update(runner, services):
+    created = key_store.create(services.engine, "old", ["gpt-5.2"], rpm=10, concurrency=3)
+
+    updated = json.loads(ok(run(runner, "keys", "update", created["id"], "--name", "new", "--rpm", "none",
+                                "--daily-tokens", "500", "--allowed-models", "gpt-4.1,gpt-5.2", "--json")))
+
+    assert (updated["name"], updated["allowed_models"], updated["rpm"], updated["concurrency"],
+            updated["daily_tokens"]) == ("new", ["gpt-4.1", "gpt-5.2"], None, 3, 500)
+    found = key_store.find_active(services.engine, created["key"])
+    assert found["id"] == created["id"], "the same key: only its settings changed"
+    assert (found["rpm"], found["concurrency"], found["daily_tokens"]) == (None, 3, 500)
+
+    text = ok(run(runner, "keys", "update", created["id"], "--allowed-models", "all", "--concurrency", "none"))
+    assert created["id"] in text and "models *" in text and "500 tokens/day" in text
+    found = key_store.find_active(services.engine, created["key"])
+    assert (found["allowed_models"], found["concurrency"]) == (None, None)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    pytest.param((), "nothing to change", id="no-option"),
+    pytest.param(("--rpm", "0"), "--rpm", id="zero"),
+    pytest.param(("--concurrency", "two"), "--concurrency", id="not-a-number"),
+    pytest.param(("--name", " "), "--name", id="empty-name"),
+    pytest.param(("--allowed-models", ","), "--allowed-models", id="empty-model-list"),
+])
+def test_keys_update_refuses_bad_options(runner, services, args, fragment):
+    created = key_store.create(services.engine, "k", rpm=5)
+    output = failed(run(runner, "keys", "update", created["id"], *args))
+    assert fragment in output
+    assert key_store.find_active(services.engine, created["key"])["rpm"] == 5
+
+
+def test_keys_update_unknown_or_revoked_key(runner, services):
+    output = failed(run(runner, "keys", "update", "key_nope", "--rpm", "5"))
+    assert "no active key with id key_nope" in output
+    created = key_store.create(services.engine, "k")
+    key_store.revoke(services.engine, created["id"])
+    assert "no active key" in failed(run(runner, "keys", "update", created["id"], "--rpm", "5"))
+
+
+def test_keys_reset_usage(runner, services):
+    created = key_store.create(services.engine, "k", rpm=1, daily_tokens=10)
+    key = services.keys.authenticate(f"Bearer {created['key']}")[0]
+    services.limits.admit(key)
+    usage_store.insert_many(services.engine, [usage_row(time.time(), created["id"], total=25)])
+    with pytest.raises(Exception, match="Rate limit reached"):
+        services.limits.admit(key)
+
+    assert json.loads(ok(run(runner, "keys", "reset-usage", created["id"], "--json"))) == {
+        "id": created["id"], "reset": True}
+
+    assert services.limits.admit(key) is not None
+    assert key_store.find_active(services.engine, created["key"])["rpm"] == 1, "the key keeps its limits"
+    assert "reset the usage counters" in ok(run(runner, "keys", "reset-usage", created["id"]))
+    assert "no key with id key_nope" in failed(run(runner, "keys", "reset-usage", "key_nope"))
 
 
 # --- accounts -------------------------------------------------------------------------------------
@@ -283,56 +383,6 @@ def test_accounts_remove_json(runner, account):
         "id": account["id"], "removed": True}
 
 
-# --- usage ----------------------------------------------------------------------------------------
-
-def usage_row(created_at, key_id, model="gpt-5.2", status=200, total=15):
-    return {"created_at": created_at, "request_id": "req", "key_id": key_id, "account_id": "acct_x",
-            "model": model, "stream": False, "status": status, "input_tokens": total - 5, "output_tokens": 5,
-            "total_tokens": total, "cached_tokens": 1, "reasoning_tokens": 2, "ttfb_ms": 120.0,
-            "duration_ms": 300.0, "error_code": None if status < 400 else "upstream_error"}
-
-
-@pytest.fixture
-def usage_rows(services):
-    now = time.time()
-    usage_store.insert_many(services.engine, [
-        usage_row(now - 60, "key_alpha"), usage_row(now - 120, "key_alpha", status=502, total=0),
-        usage_row(now - 180, "key_beta", model="gpt-4.1"),
-        usage_row(now - 3 * 86400, "key_gamma"),
-    ])
-
-
-def test_usage_report(runner, usage_rows):
-    text = ok(run(runner, "usage"))
-    assert "key_alpha" in text and "key_beta" in text
-    assert "key_gamma" not in text, "older than the default 24h window"
-
-    rows = {row["group"]: row for row in json.loads(ok(run(runner, "usage", "--json")))}
-    assert set(rows) == {"key_alpha", "key_beta"}
-    assert (rows["key_alpha"]["requests"], rows["key_alpha"]["errors"], rows["key_alpha"]["total_tokens"]) == (
-        2, 1, 15)
-
-
-def test_usage_report_by_model_and_since(runner, usage_rows):
-    by_model = {row["group"]: row["requests"] for row in json.loads(ok(run(runner, "usage", "--by", "model",
-                                                                           "--json")))}
-    assert by_model == {"gpt-5.2": 2, "gpt-4.1": 1}
-    week = {row["group"] for row in json.loads(ok(run(runner, "usage", "--since", "7d", "--json")))}
-    assert week == {"key_alpha", "key_beta", "key_gamma"}
-    recent = {row["group"] for row in json.loads(ok(run(runner, "usage", "--since", "90s", "--json")))}
-    assert recent == {"key_alpha"}
-
-
-def test_usage_report_empty(runner):
-    assert json.loads(ok(run(runner, "usage", "--json"))) == []
-
-
-@pytest.mark.parametrize("since", ["yesterday", "24", "-1h", "1w"])
-def test_usage_report_bad_since(runner, since):
-    output = failed(run(runner, "usage", "--since", since))
-    assert "--since" in output
-
-
 # --- db, settings ---------------------------------------------------------------------------------
 
 def test_db_upgrade(runner, services):
@@ -350,6 +400,19 @@ def test_settings(runner):
     assert values["RESPONSES_PROXY_ENCRYPTION_KEY"] == "(set)"
     assert "test-secret-key" not in text and "test-secret-key" not in json.dumps(values)
     assert all(name.startswith("RESPONSES_PROXY_") for name in values)
+
+
+def test_settings_show_every_setting_the_readme_documents(runner):
+    """The README's table of the app's settings and `settings --json` name the same settings."""
+    with open(os.path.join(ROOT, "README.md")) as handle:
+        readme = handle.read()
+    app_table = readme.split("### Settings", 1)[1].split("Read by `etc/gunicorn.conf.py`", 1)[0]
+    documented = set(re.findall(r"^\| `(RESPONSES_PROXY_[A-Z_]+)` \|", app_table, re.MULTILINE))
+
+    shown = set(json.loads(ok(run(runner, "settings", "--json"))))
+
+    assert shown == documented
+    assert {"RESPONSES_PROXY_IN_FLIGHT_LEASE_SECONDS", "RESPONSES_PROXY_READINESS_CACHE_SECONDS"} <= shown
 
 
 def test_settings_hide_the_database_password(tmp_path, upstream, postgres_url):

@@ -110,7 +110,8 @@ def test_find_active_and_revoke(engine):
     other = key_store.create(engine, "other")
 
     found = key_store.find_active(engine, created["key"])
-    assert found == {"id": created["id"], "name": "app", "allowed_models": ["gpt-5.2", "gpt-4.1"]}
+    assert found == {"id": created["id"], "name": "app", "allowed_models": ["gpt-5.2", "gpt-4.1"], "rpm": None,
+                     "concurrency": None, "daily_tokens": None}
     assert key_store.find_active(engine, other["key"])["allowed_models"] is None
     assert key_store.find_active(engine, created["key"] + "x") is None
     assert key_store.find_active(engine, created["key"][:10]) is None
@@ -235,7 +236,7 @@ def test_usage_insert_many_and_summary(engine):
     ])
     assert len(raw_rows(engine, usage)) == 5
 
-    by_key = {row["group"]: row for row in usage_store.summary(engine, now - 3600)}
+    by_key = {row["key"]: row for row in usage_store.summary(engine, now - 3600, now, ["key"])}
 
     assert set(by_key) == {"key_a", "key_b"}
     a, b = by_key["key_a"], by_key["key_b"]
@@ -243,13 +244,15 @@ def test_usage_insert_many_and_summary(engine):
             a["reasoning_tokens"], a["total_tokens"]) == (3, 1, 40, 2, 20, 4, 60)
     assert float(a["avg_ttfb_ms"]) == pytest.approx(200.0)
     assert (b["requests"], b["errors"], b["total_tokens"]) == (1, 0, 2)
-    assert list(by_key) == ["key_a", "key_b"], "most requests first"
 
-    by_model = {row["group"]: row["requests"] for row in usage_store.summary(engine, now - 3600, "model")}
+    by_model = {row["model"]: row["requests"] for row in usage_store.summary(engine, now - 3600, now, ["model"])}
     assert by_model == {"gpt-5.2": 3, "gpt-4.1": 1}
-    by_account = {row["group"]: row["requests"] for row in usage_store.summary(engine, now - 3600, "account_id")}
+    by_account = {row["account"]: row["requests"]
+                  for row in usage_store.summary(engine, now - 3600, now, ["account"])}
     assert by_account == {"acct_a": 3, None: 1}
-    assert usage_store.summary(engine, now + 1) == []
+    [one_key] = usage_store.summary(engine, now - 3600, now, key_id="key_b")
+    assert (one_key["requests"], one_key["total_tokens"]) == (1, 2)
+    assert usage_store.summary(engine, now + 1, now + 2, ["key"]) == []
 
 
 def test_usage_insert_many_of_nothing(engine):

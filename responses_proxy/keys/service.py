@@ -1,12 +1,16 @@
 """API keys without Flask: authentication on every request, and their administration."""
 
+import time
+
 from ..errors import InvalidApiKey
 from ..store import keys as store
+from ..store import limits as limit_store
 
 
 class KeyService:
-    def __init__(self, engine):
+    def __init__(self, engine, lease_seconds):
         self.engine = engine
+        self.lease_seconds = lease_seconds
 
     def authenticate(self, header):
         """(the key row for an ``Authorization`` header value, the accounts version read with
@@ -20,12 +24,33 @@ class KeyService:
             raise InvalidApiKey("Incorrect API key provided, or the key was revoked.")
         return key, accounts_version
 
-    def create(self, name, allowed_models=None):
+    def create(self, name, allowed_models=None, rpm=None, concurrency=None, daily_tokens=None):
         """A new key: its row with the plaintext ``key``, the only time it exists."""
-        return store.create(self.engine, name, allowed_models)
+        return store.create(self.engine, name, allowed_models, rpm, concurrency, daily_tokens)
 
     def list(self):
-        return store.list_all(self.engine)
+        """Every key, with what its limits count now: requests in flight (None without a
+        concurrency limit: they are not counted) and today's tokens."""
+        now = time.time()
+        counters = limit_store.read_all(self.engine)
+        rows = []
+        for row in store.list_all(self.engine):
+            counts = limit_store.counts(counters.get(row["id"]), now, self.lease_seconds)
+            rows.append({**row, "in_flight": counts.in_flight if row["concurrency"] is not None else None,
+                         "tokens_today": counts.tokens})
+        return rows
+
+    def update(self, key_id, changes):
+        """Change an unrevoked key (``changes``: name, allowed_models, rpm, concurrency,
+        daily_tokens; None lifts a limit); the key after, or None when there is no such key."""
+        return store.change(self.engine, key_id, changes)
+
+    def reset_usage(self, key_id):
+        """Forget what a key's limits counted (False when there is no such key)."""
+        if store.get(self.engine, key_id) is None:
+            return False
+        limit_store.reset(self.engine, key_id)
+        return True
 
     def revoke(self, key_id):
         """False when there is no such unrevoked key."""

@@ -2,9 +2,10 @@
 the last byte, and its owner.
 
 An exchange holds what must be settled however it ends: the usage row and the request's log
-line, the account's in-flight slot, and the conversation turn. ``finish`` settles all three,
-once; it is safe to call again, and it runs on every path: a JSON answer, the end of a stream,
-an error before or after the first byte, a client that went away, an exception nobody expected.
+line, the account's in-flight slot, the conversation turn, and the key's count of requests in
+flight. ``finish`` settles all four, once; it is safe to call
+again, and it runs on every path: a JSON answer, the end of a stream, an error before or after
+the first byte, a client that went away, an exception nobody expected.
 """
 
 import logging
@@ -26,6 +27,7 @@ class Exchange:
         self.decisions = []
         self.turn = None
         self._slot = None
+        self._admission = None
         self.finished = False
 
     def describe(self, body):
@@ -35,6 +37,17 @@ class Exchange:
     def decide(self, event, **fields):
         """Note a decision (account chosen, failover, refresh...) for the request's log line."""
         self.decisions.append({"event": event, **fields})
+
+    # -- the key's limits -----------------------------------------------------------------------
+
+    def admit(self, admission):
+        """Hold what the key's limits let in (None for a key without limits) until the end."""
+        self._admission = admission
+
+    @property
+    def headers(self):
+        """Headers every answer to this exchange carries, error or not: the key's rate limits."""
+        return self._admission.headers if self._admission is not None else {}
 
     # -- the pool's in-flight slot -----------------------------------------------------------
 
@@ -67,7 +80,8 @@ class Exchange:
     # -- the end -----------------------------------------------------------------------------
 
     def finish(self, status, error_code=None, ttfb=None, usage=None):
-        """Settle everything, once: the slot, the turn (aborted if still open), the usage row."""
+        """Settle everything, once: the slot, the turn (aborted if still open), the key's
+        request in flight, the usage row (its tokens count towards the key's day)."""
         if self.finished:
             return
         self.finished = True
@@ -79,6 +93,8 @@ class Exchange:
         except Exception:
             log.exception("could not release what the request held")
         finally:
+            if self._admission is not None:
+                self._admission.release()
             self._record(status, error_code, ttfb, usage)
 
     def fail(self, exc):

@@ -17,8 +17,10 @@ bp = Blueprint("responses", __name__, url_prefix="/v1")
 @require_api_key
 def create_response():
     shared = services()
-    exchange = Exchange(shared.recorder, g.request_id, g.api_key["id"])
+    exchange = g.exchange = Exchange(shared.recorder, g.request_id, g.api_key["id"])
     try:
+        # Before the body is even read: a request over its key's limits costs little.
+        exchange.admit(shared.limits.admit(g.api_key))
         body = validate_request(read_json_body(current_app.config["MAX_BODY_BYTES"]))
         exchange.describe(body)
         result, headers = shared.responses.create(exchange, g.api_key, body, request.environ.get(CLIENT),
@@ -47,3 +49,13 @@ def open_websocket():
                        status=426, code="websockets_disabled", type="invalid_request_error")
     shared.keys.authenticate(request.headers.get("Authorization"))
     return websocket.serve(shared, request, g.request_id)
+
+
+@bp.after_request
+def add_exchange_headers(response):
+    """Every answer of an exchange, whatever path made it (JSON, stream, error), carries its
+    headers (the key's rate limits)."""
+    exchange = g.get("exchange")
+    if exchange is not None:
+        response.headers.update(exchange.headers)
+    return response

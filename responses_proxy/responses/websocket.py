@@ -305,6 +305,8 @@ class Session:
         # A supplied request id may be 64 characters long, the column's size.
         exchange = Exchange(self.shared.recorder, f"{self.id[:52]}.{self.requests}", key["id"], "websocket")
         try:
+            # The key's limits hold over a WebSocket as for a POST: each request counts.
+            exchange.admit(self.shared.limits.admit(key))
             body, prewarm = self.request_of(message)
             exchange.describe(body)
             if prewarm:

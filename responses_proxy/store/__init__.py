@@ -6,7 +6,10 @@ import sqlite3
 import time
 
 from sqlalchemy import create_engine, event, or_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 # How long a write waits for another process's write lock on SQLite before it fails.
 SQLITE_LOCK_WAIT_SECONDS = 30.0
@@ -15,26 +18,39 @@ _SQLITE_BUSY = 5  # SQLITE_BUSY and its extended codes but BUSY_SNAPSHOT (517), 
 _SQLITE_BUSY_SNAPSHOT = 517
 
 
-def make_engine(url):
-    # Statement parameters (conversation text, tokens) never appear in database error messages.
+def make_engine(url, pooled=True, lock_wait=SQLITE_LOCK_WAIT_SECONDS):
+    """The engine for ``url``. ``pooled=False``: a new connection for every use, to meet the
+    database as a starting worker would; ``lock_wait``: seconds to wait for a lock (SQLite) or
+    a connection (PostgreSQL, unpooled). Statement parameters (conversation text, tokens) never
+    appear in database error messages."""
     parsed = make_url(url)
+    pooling = {} if pooled else {"poolclass": NullPool}
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(url, parsed)
+        return _sqlite_engine(url, parsed, pooling, lock_wait)
+    if not pooled:
+        return create_engine(url, connect_args={"connect_timeout": max(1, int(lock_wait))}, hide_parameters=True,
+                             **pooling)
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=20, hide_parameters=True)
 
 
-def _sqlite_engine(url, parsed):
+def _sqlite_engine(url, parsed, pooling, lock_wait):
     if parsed.database and parsed.database != ":memory:":
         # Conversations are stored in plain text: the directory and the database are for the
         # gateway's user alone, whatever the umask (SQLite gives the WAL the database's mode).
         path = os.path.abspath(parsed.database)
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        # Only a file that does not exist yet: closing any descriptor of a database file drops
+        # every POSIX lock this process holds on it, and SQLite's connections rely on them.
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            pass
     # The driver does not begin transactions itself (isolation_level None) and never sleeps in C
     # on a lock (timeout 0): SQLite's busy handler would block the worker's whole event loop.
     # Transactions begin below; a lock wait is a retry loop with time.sleep, which gevent makes
     # cooperative, so the worker's other requests go on meanwhile.
-    engine = create_engine(url, connect_args={"timeout": 0, "isolation_level": None}, hide_parameters=True)
+    engine = create_engine(url, connect_args={"timeout": 0, "isolation_level": None}, hide_parameters=True,
+                           **pooling)
 
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_connection, _record):
@@ -43,7 +59,7 @@ def _sqlite_engine(url, parsed):
         # lock: several processes may start at once); NORMAL is durable across crashes of the
         # process (only an OS crash may lose the last commits) and much cheaper than FULL.
         for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=0", "foreign_keys=ON"):
-            waiting_for_locks(cursor.execute, "PRAGMA " + pragma)
+            waiting_for_locks(lock_wait, cursor.execute, "PRAGMA " + pragma)
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -54,15 +70,15 @@ def _sqlite_engine(url, parsed):
 
     @event.listens_for(engine, "do_execute")
     def _execute_waiting_for_locks(cursor, statement, parameters, _context):
-        waiting_for_locks(cursor.execute, statement, parameters)
+        waiting_for_locks(lock_wait, cursor.execute, statement, parameters)
         return True
 
     return engine
 
 
-def waiting_for_locks(execute, *args):
+def waiting_for_locks(wait, execute, *args):
     """``execute(*args)``, tried again while SQLite says another connection holds the lock it
-    needs (a failed attempt did nothing), for up to ``SQLITE_LOCK_WAIT_SECONDS``."""
+    needs (a failed attempt did nothing), for up to ``wait`` seconds."""
     deadline = None
     pause = 0.002
     while True:
@@ -73,7 +89,7 @@ def waiting_for_locks(execute, *args):
             if code is None or code & 0xFF != _SQLITE_BUSY or code == _SQLITE_BUSY_SNAPSHOT:
                 raise
             now = time.monotonic()
-            deadline = deadline or now + SQLITE_LOCK_WAIT_SECONDS
+            deadline = deadline or now + wait
             if now >= deadline:
                 raise
             time.sleep(pause)
@@ -112,3 +128,15 @@ def renew_lease(engine, table, row_id, until, owner_column, owner, seconds):
     with write(engine) as conn:
         return conn.execute(update(table).where(table.c.id == row_id, owner_column == owner).values(
             {until: time.time() + seconds})).rowcount == 1
+
+
+def insert_for(dialect_name):
+    """The INSERT construct with ``on_conflict_do_update`` (SQLite and PostgreSQL spell it alike)."""
+    return pg_insert if dialect_name == "postgresql" else sqlite_insert
+
+
+def upsert(conn, table, rows, keys, updates):
+    """Insert ``rows``, or update their ``updates`` columns where the ``keys`` already exist."""
+    statement = insert_for(conn.dialect.name)(table)
+    conn.execute(statement.on_conflict_do_update(
+        index_elements=keys, set_={column: statement.excluded[column] for column in updates}), rows)

@@ -3,18 +3,9 @@
 import time
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from . import write
+from . import upsert, write
 from .tables import affinity, worker_load
-
-
-def _upsert(conn, table, rows, keys, updates):
-    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    statement = insert(table)
-    conn.execute(statement.on_conflict_do_update(
-        index_elements=keys, set_={column: statement.excluded[column] for column in updates}), rows)
 
 
 def affinity_get(engine, cache_key, not_before):
@@ -27,7 +18,7 @@ def affinity_put(engine, rows):
     """rows: [{"cache_key", "account_id", "updated_at"}]"""
     if rows:
         with write(engine) as conn:
-            _upsert(conn, affinity, rows, ["cache_key"], ["account_id", "updated_at"])
+            upsert(conn, affinity, rows, ["cache_key"], ["account_id", "updated_at"])
 
 
 def affinity_prune(engine, older_than):

@@ -33,6 +33,26 @@ api_keys = Table(
     Column("allowed_models", JSON, nullable=True),  # list of model slugs; NULL = every model
     Column("created_at", Float, nullable=False),
     Column("revoked_at", Float, nullable=True),
+    # Limits; NULL = none. Their counters are in ``key_counters``.
+    Column("rpm_limit", Integer, nullable=True),
+    Column("concurrency_limit", Integer, nullable=True),
+    Column("daily_token_limit", BigInteger, nullable=True),
+)
+
+# What a key's limits are checked against: one row per limited key, changed by one statement per
+# request, so every worker and host sees the same counts (see ``store/limits.py``).
+key_counters = Table(
+    "key_counters", metadata,
+    Column("key_id", String(32), primary_key=True),
+    # Requests per minute (GCRA): when the key's bucket of requests is full again.
+    Column("bucket_full_at", Float, nullable=True),
+    # Requests in flight, counted in the lease period their worker last renewed them in.
+    Column("lease_period", BigInteger, nullable=False),
+    Column("in_flight", Integer, nullable=False),
+    Column("in_flight_previous", Integer, nullable=False),
+    # Total tokens of the requests that finished on ``token_day`` (days since 1970-01-01, UTC).
+    Column("token_day", Integer, nullable=False),
+    Column("tokens", BigInteger, nullable=False),
 )
 
 accounts = Table(
@@ -106,6 +126,13 @@ conversation_items = Table(
     Column("created_at", Float, nullable=False),
     Index("ix_conversation_items_position", "conversation_id", "position", unique=True),
     Index("ix_conversation_items_item", "conversation_id", "item_id"),
+)
+
+# One row per host, written by each readiness check: a write that must commit to count.
+readiness = Table(
+    "readiness", metadata,
+    Column("host", String(255), primary_key=True),
+    Column("checked_at", Float, nullable=False),
 )
 
 usage = Table(

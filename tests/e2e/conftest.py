@@ -8,11 +8,14 @@ import json
 import os
 import re
 import socket
+import subprocess
+import sys
 import time
+import uuid
 
 import pytest
 import requests
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, select, text
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
     AcceptConnection,
@@ -27,7 +30,7 @@ from wsproto.events import (
 
 from responses_proxy.store import accounts as account_store
 from responses_proxy.store.tables import accounts, api_keys, usage
-from tests.conftest import unique
+from tests.conftest import POSTGRES_URL, ROOT, unique
 
 # One SSE frame as the gateway must write it: an event line and a one-line JSON data line, or
 # the keepalive comment. Anything else (multi-line data, missing event line, stray blank line)
@@ -335,3 +338,38 @@ def remove_accounts(gateway):
 
 def request_id():
     return "req-e2e-" + unique() + unique()
+
+
+@pytest.fixture(scope="module")
+def postgres_schemas(request):
+    """New PostgreSQL schemas that live as long as the module (``postgres_url`` lives for one
+    test): for a module-scoped gateway on PostgreSQL."""
+    made = []
+
+    def new():
+        engine = request.getfixturevalue("postgres_server")
+        schema = "t_" + uuid.uuid4().hex[:12]
+        with engine.begin() as conn:
+            conn.execute(text(f"CREATE SCHEMA {schema}"))
+        made.append((engine, schema))
+        return f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+
+    yield new
+    for engine, schema in made:
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+
+
+def database_env(database, postgres_schemas):
+    """The environment of a gateway on ``database`` ("sqlite": its data dir's, "postgresql": a new schema)."""
+    if database == "sqlite":
+        return {}
+    return {"RESPONSES_PROXY_DATABASE_URL": postgres_schemas()}
+
+
+def cli(gateway, *args):
+    """``flask --app wsgi ARGS`` on the gateway's database, as an operator runs it: its output."""
+    result = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=ROOT, env=gateway.env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
