@@ -1,9 +1,7 @@
 """Operator commands (``flask --app wsgi ...``): what every domain's commands share (``Group``,
-``uses_database``, ``emit``, ``table``), and the accounts, db and settings commands. Each takes
-``--json``."""
+``uses_database``, ``emit``, ``table``), and the db and settings commands. Each takes ``--json``."""
 
 import functools
-import time
 from datetime import UTC, datetime
 
 import click
@@ -13,12 +11,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from .config import PREFIX, SETTINGS
-from .pool import COOLING_DOWN, NEEDS_RELOGIN, account_state
 from .services import services
-from .store import accounts as account_store
 from .store import describe_error, migrate
-from .store import usage as usage_store
-from .upstream.credentials import CredentialsError, parse_auth_json
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
@@ -83,117 +77,6 @@ def table(rows, columns):
     return "\n".join(line.rstrip() for line in lines)
 
 
-accounts_cli = Group("accounts", help="Import, list and remove the upstream ChatGPT accounts.")
-
-
-@accounts_cli.command("import")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@json_option
-@uses_database
-def accounts_import(paths, as_json):
-    """Import Codex CLI auth.json files (re-importing an account updates its tokens).
-
-    Every file is checked before anything is written: one bad file imports nothing.
-    """
-    parsed = []
-    for path in paths:
-        try:
-            with open(path, "rb") as handle:
-                raw = handle.read()
-        except OSError as exc:
-            raise click.ClickException(f"cannot read {path}: {exc.strerror}") from None
-        try:
-            parsed.append(parse_auth_json(raw))
-        except CredentialsError as exc:
-            raise click.ClickException(f"{path}: {exc}") from None
-    results = []
-    for credentials in parsed:
-        account, created = account_store.upsert(services().engine, services().cipher, credentials)
-        results.append({**account, "created": created})
-    emit(results[0] if len(results) == 1 else results, as_json, "\n".join(
-        f"{'imported' if row['created'] else 'updated'} {row['id']} "
-        f"({row['email'] or 'no email'}, plan {row['plan'] or 'unknown'})" for row in results))
-
-
-def describe_state(row, now, readable=True):
-    state = account_state(row, now, readable)
-    if state == COOLING_DOWN:
-        return "cooling down until " + when(row["cooldown_until"])
-    return {NEEDS_RELOGIN: "needs re-login"}.get(state, state)
-
-
-def describe_window(window):
-    if not isinstance(window, dict) or window.get("used_percent") is None:
-        return "-"
-    resets = f" (resets {when(window['resets_at'])})" if window.get("resets_at") else ""
-    return f"{window['used_percent']:.0f}%{resets}"
-
-
-@accounts_cli.command("list")
-@json_option
-@uses_database
-def accounts_list(as_json):
-    """List accounts: state, recent use, plan windows, last error.
-
-    The state is the gateway's own verdict, tokens that this key cannot decrypt included
-    (``problem`` says so).
-    """
-    engine = services().engine
-    now = time.time()
-    hour = usage_store.per_account(engine, now - 3600)
-    day = usage_store.per_account(engine, now - 86400)
-    rows = []
-    for account in services().pool.snapshot():
-        row = account_store.public(account.row)
-        requests_hour, tokens_hour = hour.get(row["id"], (0, 0))
-        requests_day, tokens_day = day.get(row["id"], (0, 0))
-        rows.append({**row, "state": describe_state(row, now, account.tokens is not None), "problem": account.problem,
-                     "last_hour": {"requests": requests_hour, "tokens": tokens_hour},
-                     "last_day": {"requests": requests_day, "tokens": tokens_day}})
-    emit(rows, as_json, table(
-        [(row["id"], row["email"] or "-", row["plan"] or "-", row["state"],
-          f"{row['last_hour']['requests']}/{row['last_hour']['tokens']}",
-          f"{row['last_day']['requests']}/{row['last_day']['tokens']}",
-          describe_window((row["quota"] or {}).get("primary")), describe_window((row["quota"] or {}).get("secondary")),
-          (row["problem"] or row["last_error"] or "-")[:60]) for row in rows],
-        ("ID", "EMAIL", "PLAN", "STATUS", "1H REQ/TOK", "24H REQ/TOK", "PRIMARY", "SECONDARY", "LAST ERROR")))
-
-
-def set_account_status(account_id, status, as_json):
-    if not account_store.set_status(services().engine, account_id, status):
-        raise click.ClickException(f"no account with id {account_id}")
-    emit({"id": account_id, "status": status}, as_json, f"{account_id} {status}")
-
-
-@accounts_cli.command("disable")
-@click.argument("account_id")
-@json_option
-@uses_database
-def accounts_disable(account_id, as_json):
-    """Take an account out of rotation (it keeps its tokens)."""
-    set_account_status(account_id, account_store.DISABLED, as_json)
-
-
-@accounts_cli.command("enable")
-@click.argument("account_id")
-@json_option
-@uses_database
-def accounts_enable(account_id, as_json):
-    """Put a disabled account back into rotation."""
-    set_account_status(account_id, account_store.ACTIVE, as_json)
-
-
-@accounts_cli.command("remove")
-@click.argument("account_id")
-@json_option
-@uses_database
-def accounts_remove(account_id, as_json):
-    """Remove an account and its tokens."""
-    if not account_store.remove(services().engine, account_id):
-        raise click.ClickException(f"no account with id {account_id}")
-    emit({"id": account_id, "removed": True}, as_json, f"removed {account_id}")
-
-
 db_cli = Group("db", help="Database schema.")
 
 
@@ -221,5 +104,5 @@ def settings(as_json):
 
 
 def init_app(app):
-    for command in (accounts_cli, db_cli, settings):
+    for command in (db_cli, settings):
         app.cli.add_command(command)

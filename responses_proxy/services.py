@@ -18,6 +18,7 @@ class Services:
         from .keys.limits import KeyLimits
         from .keys.service import KeyService
         from .pool import AccountPool
+        from .pool.admin import AccountAdmin
         from .responses.schemas import ResponsesRequestSchema
         from .responses.service import ResponsesService
         from .responses.websocket import Sessions
@@ -32,6 +33,7 @@ class Services:
         self.client = UpstreamClient(config)
         self.recorder = UsageRecorder(self.engine, config["USAGE_FLUSH_SECONDS"])
         self.pool = AccountPool(self.engine, self.cipher, self.client, config)
+        self.accounts = AccountAdmin(self.engine, self.cipher, self.pool)
         self.keys = KeyService(self.engine, config["IN_FLIGHT_LEASE_SECONDS"])
         self.limits = KeyLimits(self.engine, config["IN_FLIGHT_LEASE_SECONDS"])
         self.catalog = Catalog(self.client, self.pool, config["MODELS_CACHE_SECONDS"])

@@ -4,7 +4,8 @@ Everything that must hold across workers and hosts lives in the database: accoun
 cooldowns, the refresh lock, cache affinity, quota windows and each worker's in-flight counts.
 The parts: ``accounts`` (this worker's snapshot of the rows, and the rule of which can serve),
 ``selection`` (least busy, cache affinity), ``refresh`` (tokens) and ``upkeep`` (the
-background work of each worker). ``AccountPool`` puts them together for the request path.
+background work of each worker). ``AccountPool`` puts them together for the request path;
+``admin`` is the operator's side (the ``accounts`` commands).
 """
 
 import time
@@ -18,6 +19,12 @@ from .upkeep import Upkeep, Worker
 
 __all__ = ["ACTIVE", "COOLING_DOWN", "DISABLED", "NEEDS_RELOGIN", "Account", "AccountPool", "account_state",
            "is_usable"]
+
+
+def init_app(app):
+    from .cli import accounts_cli
+
+    app.cli.add_command(accounts_cli)
 
 
 class Slot:
