@@ -1,5 +1,6 @@
 """Conversations: ordered items, each stored once, and a one-turn-at-a-time lease."""
 
+import hashlib
 import secrets
 import time
 
@@ -18,9 +19,20 @@ def new_conversation_id():
 
 def item_id_for(item):
     existing = item.get("id")
-    if isinstance(existing, str) and 0 < len(existing) <= 100:
+    if isinstance(existing, str) and 0 < len(existing) <= 100 and "\x00" not in existing and "/" not in existing:
         return existing
     return f"{ID_PREFIXES.get(item.get('type'), 'item')}_{secrets.token_hex(24)}"
+
+
+def indexed(value, limit):
+    """What an index column holds of an item's field: the value when it fits the column (and
+    PostgreSQL's text, which takes no NUL), else a digest, the same for the same value (so a
+    call and its output still pair up). The item itself is stored whole in ``data``."""
+    if not isinstance(value, str):
+        return None
+    if len(value) <= limit and "\x00" not in value:
+        return value
+    return "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:limit - 7]
 
 
 def get(engine, conversation_id):
@@ -112,8 +124,8 @@ def _append(conn, conversation_id, items, now):
         item_id = item_id_for(item)
         rows.append({
             "conversation_id": conversation_id, "position": first_position + offset, "turn": turn,
-            "item_id": item_id, "type": item.get("type"),
-            "call_id": item.get("call_id") if isinstance(item.get("call_id"), str) else None,
+            # Input items were checked up front; output items come from the upstream as they are.
+            "item_id": item_id, "type": indexed(item.get("type"), 64), "call_id": indexed(item.get("call_id"), 200),
             "data": orjson.dumps(item).decode(), "created_at": now,
         })
         stored.append((item_id, item))

@@ -12,6 +12,7 @@ from responses_proxy.items import MAX_JSON_DEPTH
 from responses_proxy.store.tables import accounts, conversation_items, usage
 from tests.conftest import Gateway
 from tests.e2e.conftest import error_of, query, request_id, wait_for
+from tests.fake_upstream import Script
 from tests.test_hostile_input import STORING_ROUTES, UNSTORABLE, message
 
 
@@ -185,3 +186,26 @@ def test_what_would_not_fit_the_database_is_refused_alike_on_sqlite_and_postgres
                               headers={"Authorization": f"Bearer {stored_gateway.key}", "X-Request-Id": rid})
         assert "at most 200 characters" in refused(reply, "model")["message"]
         assert wait_for(lambda rid=rid: usage_rows(stored_gateway, rid)) == [(400, None)]
+
+
+def test_what_the_upstream_answers_is_stored_alike_on_sqlite_and_postgresql(stored_gateway, upstream):
+    """Output items are not the client's to fix: a type or call id longer than their index
+    columns, or holding a NUL, is stored (whole, in the item) on both databases, and the turn
+    completes instead of failing at its commit."""
+    odd_type = "custom_" + "t" * 90
+    call_id = "call_" + "c" * 300 + "\x00"
+    script = Script("gpt-5.2").start().message(["ok"])
+    item = {"id": "ct_" + "i" * 120, "type": odd_type, "call_id": call_id, "input": "x"}
+    script.items.append(item)
+    upstream.push({"events": script.completed().events()})
+    reply = post(stored_gateway, "/v1/responses", {"model": "gpt-5.2", "input": "hi", "conversation": "conv_odd1"})
+    assert reply.status_code == 200, reply.text
+    listed = requests.get(stored_gateway.url + "/v1/conversations/conv_odd1/items?order=asc", timeout=10,
+                          headers={"Authorization": f"Bearer {stored_gateway.key}"}).json()["data"]
+    assert [entry["type"] for entry in listed] == ["message", "message", odd_type]
+    assert listed[2]["call_id"] == call_id and listed[2]["id"] != item["id"]  # an id of the gateway's
+    upstream.reset()
+    assert post(stored_gateway, "/v1/responses", {"model": "gpt-5.2", "input": "again",
+                                                  "conversation": "conv_odd1"}).status_code == 200
+    sent = upstream.response_requests()[0]["body"]["input"]
+    assert [entry["type"] for entry in sent] == ["message", "message", odd_type, "message"]
