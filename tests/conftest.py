@@ -157,7 +157,8 @@ def die_with_parent():
 
 
 class Gateway:
-    """A real gunicorn (gevent workers) serving wsgi:app on a free port."""
+    """A real gunicorn (gevent workers) serving wsgi:app on a free port, in a process group of
+    its own (``kill`` takes the whole host down)."""
 
     def __init__(self, data_dir, upstream_url, env=None, workers=2):
         self.data_dir = data_dir
@@ -187,7 +188,7 @@ class Gateway:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "gunicorn", "-c", "etc/gunicorn.conf.py", "-b", f"127.0.0.1:{self.port}",
                  "wsgi:app"], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=die_with_parent)
+                preexec_fn=die_with_parent, process_group=0)
         return self
 
     def wait_ready(self):
@@ -212,6 +213,12 @@ class Gateway:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def kill(self):
+        """SIGKILL to the master and its workers at once (their process group), as when the
+        host dies: nothing gets to clean up."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
 
     def worker_pids(self):
         """The pids of gunicorn's workers (the master's children)."""
