@@ -270,6 +270,19 @@ def test_the_upkeep_deletes_the_counts_of_dead_workers(services):
         pool.close()
 
 
+def test_a_dead_workers_counts_are_deleted_a_round_after_they_went_stale(services):
+    account = add_account(services)
+    with services.engine.begin() as conn:  # its last report: it goes stale in half a second
+        conn.execute(insert(worker_load), [{"worker_id": "dying", "account_id": account["id"], "in_flight": 2,
+                                            "updated_at": time.time() - upkeep.LOAD_STALE_SECONDS + 0.5}])
+    pool = another_worker(services)
+    pool.start_maintenance()
+    try:
+        assert wait_for(lambda: not load_rows(services.engine), timeout=upkeep.UPKEEP_ROUND_SECONDS + 1.5)
+    finally:
+        pool.close()
+
+
 def test_close_takes_this_workers_counts_out(services):
     account = add_account(services)
     pool = another_worker(services)

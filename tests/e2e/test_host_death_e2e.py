@@ -15,7 +15,7 @@ import requests
 from sqlalchemy import select
 
 from responses_proxy.pool.refresh import REFRESH_LEASE_SECONDS
-from responses_proxy.pool.upkeep import LOAD_STALE_SECONDS
+from responses_proxy.pool.upkeep import LOAD_STALE_SECONDS, UPKEEP_ROUND_SECONDS
 from responses_proxy.store.tables import accounts, worker_load
 from tests.conftest import Gateway, unique
 from tests.e2e.conftest import RawStream, auth, error_of, wait_for
@@ -109,10 +109,11 @@ def test_turns_streaming_on_a_dead_host_are_taken_over_by_the_other(hosts, upstr
         # The killed turn added nothing; the next one, served by B, follows the first.
         assert items(b, conversation) == ["first", ANSWER, "next", ANSWER]
 
-    # The dead workers' in-flight counts leave worker_load once they are stale.
+    # The dead workers' in-flight counts leave worker_load a round after they went stale.
     assert wait_for(lambda: not load_of(b, pids), timeout=3 * LOAD_STALE_SECONDS, interval=0.2)
     gone = time.monotonic() - killed_at
     print(f"dead workers' in-flight rows gone {gone:.1f} s after the kill (stale after {LOAD_STALE_SECONDS:g} s)")
+    assert gone < LOAD_STALE_SECONDS + UPKEEP_ROUND_SECONDS + 3
 
 
 def test_a_refresh_in_flight_on_a_dead_host_is_done_once_by_the_other(hosts, upstream):
