@@ -9,12 +9,20 @@ import logging
 
 import orjson
 from flask import Response
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
+
+from .store import describe_error
 
 log = logging.getLogger(__name__)
 
 # What a client hears of an error nobody expected (the log has the details).
 UNEXPECTED = "The server had an error while processing your request."
+DATABASE_DOWN = "The gateway's database is unavailable; retry in a few seconds."
+# The database itself failed, not the statement: it is down, restarting, unreachable, too slow
+# (a timeout) or out of connections. Anything else from it is a bug, answered as one.
+DATABASE_ERRORS = (OperationalError, InterfaceError, PoolTimeout)
 
 
 class ApiError(Exception):
@@ -128,6 +136,29 @@ class NoAccounts(ApiError):
     code = "no_accounts"
 
 
+class DatabaseUnavailable(ApiError):
+    status = 503
+    type = "server_error"
+    code = "database_unavailable"
+
+    def __init__(self, message=DATABASE_DOWN):
+        super().__init__(message)
+
+
+def api_error(exc):
+    """The ``ApiError`` that answers ``exc``: itself, ``DatabaseUnavailable`` for a failure of
+    the database, else None (a bug: the caller answers ``UNEXPECTED``)."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, DATABASE_ERRORS):
+        return DatabaseUnavailable()
+    return None
+
+
+def log_database_error(exc):
+    log.warning("database unavailable", extra={"fields": {"reason": describe_error(exc)}})
+
+
 def http_exception_error(exc):
     """Flask/Werkzeug's own errors (404 route, 405 method, ...) in our envelope."""
     code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.code, "http_error")
@@ -149,5 +180,10 @@ def register_error_handlers(app):
 
     @app.errorhandler(Exception)
     def handle_unexpected(exc):
-        log.exception("unhandled error")
-        return ApiError(UNEXPECTED).response()
+        error = api_error(exc)
+        if error is None:
+            log.exception("unhandled error")
+            error = ApiError(UNEXPECTED)
+        elif isinstance(error, DatabaseUnavailable):
+            log_database_error(exc)
+        return error.response()
