@@ -207,4 +207,17 @@ def test_while_the_database_is_down_requests_get_503_and_everything_recovers(gat
     print(f"{mode}: down {back_at - down_at:.1f} s, serving again {time.monotonic() - back_at:.2f} s after it was back")
     assert ws.request({"model": "gpt-5.2", "input": "after"})[-1]["type"] == "response.completed"
     ws.close()
+
+    # The turn that could not be stored still held its conversation: released once the
+    # database was back, not a whole lease (30 s) later.
+    def turn_served():
+        reply = requests.post(gateway.url + "/v1/responses", headers=auth(key), timeout=ANSWER_BOUND_SECONDS,
+                              json={"model": "gpt-5.2", "input": "after", "conversation": conversation})
+        assert reply.status_code in (200, 409), reply.text
+        return reply.status_code == 200
+
+    assert wait_for(turn_served, timeout=5, interval=0.2)
+    items = requests.get(f"{gateway.url}/v1/conversations/{conversation}/items?order=asc", headers=auth(key),
+                         timeout=10).json()["data"]
+    assert [item["content"][0]["text"] for item in items if item["role"] == "user"] == ["before", "after"]
     assert gateway.worker_pids() == pids
