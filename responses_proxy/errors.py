@@ -9,20 +9,15 @@ import logging
 
 import orjson
 from flask import Response
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
-from .store import describe_error
+from .store import describe_error, unavailable
 
 log = logging.getLogger(__name__)
 
 # What a client hears of an error nobody expected (the log has the details).
 UNEXPECTED = "The server had an error while processing your request."
 DATABASE_DOWN = "The gateway's database is unavailable; retry in a few seconds."
-# The database itself failed, not the statement: it is down, restarting, unreachable, too slow
-# (a timeout) or out of connections. Anything else from it is a bug, answered as one.
-DATABASE_ERRORS = (OperationalError, InterfaceError, PoolTimeout)
 
 
 class ApiError(Exception):
@@ -150,7 +145,7 @@ def api_error(exc):
     the database, else None (a bug: the caller answers ``UNEXPECTED``)."""
     if isinstance(exc, ApiError):
         return exc
-    if isinstance(exc, DATABASE_ERRORS):
+    if unavailable(exc):
         return DatabaseUnavailable()
     return None
 

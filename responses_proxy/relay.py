@@ -12,7 +12,8 @@ import orjson
 from gevent import get_hub
 from gevent.hub import Waiter
 
-from .errors import DATABASE_ERRORS, DatabaseUnavailable, UpstreamError
+from .errors import DatabaseUnavailable, UpstreamError
+from .store import unavailable
 from .upstream.body import BodyError, UnsupportedEncoding, UpstreamBody
 from .upstream.sse import EventTooLarge, SSEParser
 
@@ -431,7 +432,7 @@ class Relay:
                     self.on_final(self.tracker)
                 except Exception as exc:
                     log.error("could not settle the response", exc_info=exc)
-                    code = DatabaseUnavailable.code if isinstance(exc, DATABASE_ERRORS) else "server_error"
+                    code = DatabaseUnavailable.code if unavailable(exc) else "server_error"
                     events[-1] = self.tracker.failure_event(SETTLE_FAILED, code=code)
         except Exception as exc:
             log.error("could not relay the upstream's events", exc_info=exc)

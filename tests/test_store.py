@@ -2,16 +2,19 @@
 
 import hashlib
 import json
+import sqlite3
 import time
 
 import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, select
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from responses_proxy.crypto import TokenCipher, fernet_key
 from responses_proxy.store import accounts as account_store
 from responses_proxy.store import keys as key_store
-from responses_proxy.store import make_engine, migrate
+from responses_proxy.store import make_engine, migrate, unavailable
 from responses_proxy.store import usage as usage_store
 from responses_proxy.store.recorder import UsageRecorder
 from responses_proxy.store.tables import accounts, api_keys, metadata, usage, worker_load
@@ -255,6 +258,38 @@ def test_usage_insert_many_and_summary(engine):
 def test_usage_insert_many_of_nothing(engine):
     usage_store.insert_many(engine, [])
     assert raw_rows(engine, usage) == []
+
+
+# --- what an unavailable database is ----------------------------------------------------------------
+
+def sqlite_error(code, message):
+    error = sqlite3.OperationalError(message)
+    error.sqlite_errorcode = code
+    return OperationalError("SELECT 1", {}, error)
+
+
+@pytest.mark.parametrize("error, expected", [
+    (sqlite_error(5, "database is locked"), True),
+    (sqlite_error(10, "disk I/O error"), True),
+    (sqlite_error(1, "no such table: usage"), False),  # a schema that is not there: a bug
+    (OperationalError("SELECT 1", {}, ConnectionError("connection refused")), True),  # PostgreSQL's
+    (InterfaceError("SELECT 1", {}, ConnectionError("the connection is closed")), True),
+    (PoolTimeout("QueuePool limit of size 5 overflow 20 reached"), True),
+    (IntegrityError("INSERT", {}, ValueError("duplicate key")), False),
+    (ValueError("not from the database"), False),
+], ids=["locked", "io", "no-table", "refused", "closed", "pool-timeout", "integrity", "other"])
+def test_which_errors_mean_the_database_is_unavailable(error, expected):
+    assert unavailable(error) is expected
+
+
+def test_sqlite_reports_a_missing_table_with_its_generic_error():
+    engine = make_engine("sqlite://")
+    try:
+        with pytest.raises(OperationalError) as raised, engine.connect() as conn:
+            conn.execute(select(usage))
+    finally:
+        engine.dispose()
+    assert not unavailable(raised.value)
 
 
 # --- UsageRecorder --------------------------------------------------------------------------------

@@ -8,10 +8,10 @@ import time
 
 import orjson
 
-from ..errors import DATABASE_ERRORS, Conflict, InvalidRequest, NotFound
+from ..errors import Conflict, InvalidRequest, NotFound
 from ..items import check_sendable, is_conversation_id
 from ..store import conversations as store
-from ..store import describe_error
+from ..store import describe_error, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,9 @@ class TurnLeases:
         self._held.pop(owner, None)
         try:
             store.release_turn(self.engine, conversation_id, owner)
-        except DATABASE_ERRORS as exc:
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
             log.warning("could not release a conversation turn; retrying", extra={"fields": {
                 "conversation": conversation_id, "reason": describe_error(exc)}})
             self._unreleased[owner] = (conversation_id, time.monotonic() + (seconds or self.seconds))
@@ -142,7 +144,9 @@ class TurnLeases:
             if ends > now:
                 try:
                     store.release_turn(self.engine, conversation_id, owner)
-                except DATABASE_ERRORS:
+                except Exception as exc:
+                    if not unavailable(exc):
+                        raise
                     return  # still down: the next round tries again
             del self._unreleased[owner]
 

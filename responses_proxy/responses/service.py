@@ -10,7 +10,6 @@ import uuid
 
 from .. import relay
 from ..errors import (
-    DATABASE_ERRORS,
     ApiError,
     DatabaseUnavailable,
     InvalidRequest,
@@ -19,6 +18,7 @@ from ..errors import (
     UsageLimitReached,
 )
 from ..items import conversation_id_of, to_json
+from ..store import unavailable
 from ..upstream.client import UpstreamUnavailable, error_for_status, read_error_body, upstream_headers
 from ..upstream.oauth import RefreshFailed
 from .affinity import affinity_key
@@ -223,7 +223,7 @@ def settle(exchange, raising=False):
             exchange.settle_turn(tracker.completed(), tracker.output_items())
         except Exception as exc:
             if raising:
-                error = DatabaseUnavailable if isinstance(exc, DATABASE_ERRORS) else ApiError
+                error = DatabaseUnavailable if unavailable(exc) else ApiError
                 raise error(relay.SETTLE_FAILED) from None
             raise
 

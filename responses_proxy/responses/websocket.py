@@ -30,16 +30,7 @@ from flask import Response
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import RemoteProtocolError
 
-from ..errors import (
-    DATABASE_ERRORS,
-    UNEXPECTED,
-    ApiError,
-    DatabaseUnavailable,
-    InvalidApiKey,
-    InvalidRequest,
-    api_error,
-    log_database_error,
-)
+from ..errors import UNEXPECTED, ApiError, InvalidApiKey, InvalidRequest, api_error, log_database_error
 from ..items import user_text_message
 from ..relay import ClientGone, Relay
 from ..upstream.client import upstream_headers
@@ -310,9 +301,12 @@ class Session:
         except InvalidApiKey as exc:  # revoked since the upgrade
             self.send_error(exc)
             return False
-        except DATABASE_ERRORS as exc:  # the connection stays: the next request may find it back
-            log_database_error(exc)
-            self.send_error(DatabaseUnavailable())
+        except Exception as exc:
+            error = api_error(exc)
+            if error is None:
+                raise
+            log_database_error(exc)  # the connection stays: the next request may find it back
+            self.send_error(error)
             return True
         self.requests += 1
         # A supplied request id may be 64 characters long, the column's size.

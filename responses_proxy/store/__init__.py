@@ -7,12 +7,15 @@ import time
 
 from sqlalchemy import create_engine, event, or_, update
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 # How long a write waits for another process's write lock on SQLite before it fails.
 SQLITE_LOCK_WAIT_SECONDS = 30.0
 _WRITE = "responses_proxy_write"
 _SQLITE_BUSY = 5  # SQLITE_BUSY and its extended codes but BUSY_SNAPSHOT (517), which no wait cures
 _SQLITE_BUSY_SNAPSHOT = 517
+_SQLITE_ERROR = 1  # SQLite's generic error: a wrong statement or schema, not an unusable database
 
 
 def make_engine(url):
@@ -88,6 +91,18 @@ def write(engine):
         conn.execution_options(**{_WRITE: True})
         with conn.begin():
             yield conn
+
+
+def unavailable(exc):
+    """Whether ``exc`` says that the database cannot be used now (down, restarting, unreachable,
+    too slow, out of connections, locked, full) rather than that a statement was wrong: the same
+    work may succeed later."""
+    if isinstance(exc, (InterfaceError, PoolTimeout)):
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    return code is None or code & 0xFF != _SQLITE_ERROR
 
 
 def describe_error(exc):
