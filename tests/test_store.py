@@ -15,6 +15,7 @@ from responses_proxy.crypto import TokenCipher, fernet_key
 from responses_proxy.store import accounts as account_store
 from responses_proxy.store import keys as key_store
 from responses_proxy.store import make_engine, migrate, unavailable
+from responses_proxy.store import recorder as recorder_module
 from responses_proxy.store import usage as usage_store
 from responses_proxy.store.recorder import UsageRecorder
 from responses_proxy.store.tables import accounts, api_keys, metadata, usage, worker_load
@@ -339,6 +340,56 @@ def test_recorder_survives_a_database_error(bare_engine):
     batching = UsageRecorder(bare_engine, 3600)
     batching.record(usage_row(time.time()))
     batching.flush()
+
+
+class Outage:
+    """``usage.insert_many`` as the recorder sees it while the database is down, then back."""
+
+    def __init__(self, monkeypatch):
+        self.down = True
+        self.refused = 0
+        self._insert = recorder_module.usage.insert_many
+        monkeypatch.setattr(recorder_module.usage, "insert_many", self.insert_many)
+
+    def insert_many(self, engine, rows):
+        if self.down:
+            self.refused += 1
+            raise OperationalError("INSERT", {}, ConnectionError("server closed the connection unexpectedly"))
+        self._insert(engine, rows)
+
+
+@pytest.mark.parametrize("flush_seconds", [0, 0.05])
+def test_recorder_keeps_rows_while_the_database_is_down_and_writes_them_once_back(engine, monkeypatch,
+                                                                                   flush_seconds):
+    outage = Outage(monkeypatch)
+    recorder = UsageRecorder(engine, flush_seconds)
+    for index in range(3):
+        recorder.record(usage_row(time.time(), key_id=f"key_{index}"))  # never raises into the request
+    deadline = time.monotonic() + 5
+    while outage.refused < 2:
+        assert time.monotonic() < deadline, "the rows were not tried again"
+        time.sleep(0.02)
+    assert count_usage(engine) == 0
+    outage.down = False
+    recorder.record(usage_row(time.time(), key_id="key_3"))
+    deadline = time.monotonic() + recorder_module.RETRY_SECONDS + 5
+    while count_usage(engine) < 4:
+        assert time.monotonic() < deadline, "the kept rows were not written once the database was back"
+        time.sleep(0.02)
+    rows = sorted(raw_rows(engine, usage), key=lambda row: row["id"])
+    assert [row["key_id"] for row in rows] == ["key_0", "key_1", "key_2", "key_3"]  # in order, each once
+
+
+def test_recorder_keeps_the_newest_rows_up_to_its_limit(engine, monkeypatch):
+    monkeypatch.setattr(recorder_module, "PENDING_LIMIT", 3)
+    outage = Outage(monkeypatch)
+    recorder = UsageRecorder(engine, 3600)
+    for index in range(5):
+        recorder.record(usage_row(time.time(), key_id=f"key_{index}"))
+        recorder.flush()
+    outage.down = False
+    recorder.flush()
+    assert sorted(row["key_id"] for row in raw_rows(engine, usage)) == ["key_2", "key_3", "key_4"]
 
 
 def test_expired_affinity_rows_are_pruned(database_url):

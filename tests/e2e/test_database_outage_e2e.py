@@ -156,9 +156,10 @@ def test_while_the_database_is_down_requests_get_503_and_everything_recovers(gat
     # its items at its end).
     upstream.push({"stall_at": 4, "stall": 3})
     upstream.push({"stall_at": 4, "stall": 3})
-    open_id = request_id()
+    open_id, turn_id = request_id(), request_id()
     open_stream = RawStream(gateway, {"model": "gpt-5.2", "input": "across"}, headers={"X-Request-Id": open_id})
-    open_turn = RawStream(gateway, {"model": "gpt-5.2", "input": "lost", "conversation": conversation})
+    open_turn = RawStream(gateway, {"model": "gpt-5.2", "input": "lost", "conversation": conversation},
+                          headers={"X-Request-Id": turn_id})
     for stream in (open_stream, open_turn):
         stream.read_until(b"response.content_part.added")
     ws = WebSocketClient(gateway)
@@ -221,3 +222,8 @@ def test_while_the_database_is_down_requests_get_503_and_everything_recovers(gat
                          timeout=10).json()["data"]
     assert [item["content"][0]["text"] for item in items if item["role"] == "user"] == ["before", "after"]
     assert gateway.worker_pids() == pids
+    # The usage rows of the streams that ended during the outage, kept meanwhile, are written now.
+    assert wait_for(lambda: len(usage_rows(postgres, [open_id, turn_id])) == 2, timeout=10)
+    rows = {row["request_id"]: row for row in usage_rows(postgres, [open_id, turn_id])}
+    assert (rows[open_id]["status"], rows[open_id]["error_code"], rows[open_id]["total_tokens"]) == (200, None, 19)
+    assert (rows[turn_id]["status"], rows[turn_id]["error_code"]) == (200, "database_unavailable")
