@@ -64,6 +64,16 @@ SETTINGS = (
     Setting("DATABASE_URL", _str, None,
             "SQLAlchemy URL; default SQLite at DATA_DIR/responses-proxy.db. "
             "Use postgresql+psycopg://user@host/db to share state between hosts."),
+    Setting("DATABASE_POOL_SIZE", _at_least(1), 5, "PostgreSQL: connections each worker keeps open."),
+    Setting("DATABASE_MAX_OVERFLOW", _positive(int), 20,
+            "PostgreSQL: connections a worker may open beyond its pool under load (closed again once idle): "
+            "a worker holds at most DATABASE_POOL_SIZE + DATABASE_MAX_OVERFLOW."),
+    Setting("DATABASE_CONNECT_TIMEOUT", _at_least(2), 5,
+            "PostgreSQL: seconds to wait for a new connection before the request gets 503 database_unavailable."),
+    Setting("DATABASE_STATEMENT_TIMEOUT", _positive(float), 30.0,
+            "PostgreSQL: seconds a statement may run or wait for a lock, and a transaction may stay idle, "
+            "before the server ends it (the request gets 503 database_unavailable; 0: no limit). Schema "
+            "migrations are exempt."),
     Setting("ENCRYPTION_KEY", _str, None,
             "Key that encrypts upstream tokens at rest; default: generated once into DATA_DIR/secret.key "
             "(mode 0600). RESPONSES_PROXY_SECRET_KEY, its former name, is still read when this is unset."),
@@ -124,6 +134,9 @@ SETTINGS = (
             "Usage rows are written in batches at most this far apart (0 writes each row at once)."),
     Setting("LOG_LEVEL", _str, "INFO", "Level of the JSON log written to stderr."),
 )
+
+
+DEFAULTS = {setting.name: setting.default for setting in SETTINGS}
 
 
 def load_config(environ=None, overrides=None):

@@ -24,7 +24,7 @@ class Services:
         from .upstream.client import UpstreamClient
 
         self.settings = config
-        self.engine = make_engine(config["DATABASE_URL"])
+        self.engine = make_engine(config["DATABASE_URL"], config)
         self.cipher = cipher_for(config)
         self.client = UpstreamClient(config)
         self.recorder = UsageRecorder(self.engine, config["USAGE_FLUSH_SECONDS"])

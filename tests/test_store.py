@@ -2,15 +2,17 @@
 
 import hashlib
 import json
+import socket
 import sqlite3
 import time
 
 import pytest
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, select
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy import inspect, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from responses_proxy.config import DEFAULTS
 from responses_proxy.crypto import TokenCipher, fernet_key
 from responses_proxy.store import accounts as account_store
 from responses_proxy.store import keys as key_store
@@ -291,6 +293,69 @@ def test_sqlite_reports_a_missing_table_with_its_generic_error():
     finally:
         engine.dispose()
     assert not unavailable(raised.value)
+
+
+# --- PostgreSQL's limits -------------------------------------------------------------------------
+
+def limited(url, **settings):
+    return make_engine(url, {**DEFAULTS, **{"DATABASE_" + name.upper(): value for name, value in settings.items()}})
+
+
+def test_the_pool_settings_size_each_workers_connections(postgres_url):
+    engine = limited(postgres_url, pool_size=2, max_overflow=1)
+    try:
+        with engine.connect(), engine.connect(), engine.connect():
+            assert (engine.pool.size(), engine.pool.checkedout(), engine.pool.overflow()) == (2, 3, 1)
+    finally:
+        engine.dispose()
+
+
+def test_a_statement_stuck_behind_a_lock_ends_at_the_statement_timeout(postgres_url):
+    holder, engine = make_engine(postgres_url), limited(postgres_url, statement_timeout=0.5)
+    try:
+        migrate.upgrade(holder)
+        with holder.begin() as conn:
+            conn.execute(text("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE"))
+            started = time.monotonic()
+            with pytest.raises(OperationalError) as raised:
+                key_store.find_active(engine, "sk-rp-anything")  # the URL's search_path still applies
+            waited = time.monotonic() - started
+        assert unavailable(raised.value) and "statement timeout" in str(raised.value.orig)
+        assert waited < 5
+        assert key_store.find_active(engine, "sk-rp-anything") is None  # the lock is gone: it works again
+    finally:
+        holder.dispose()
+        engine.dispose()
+
+
+def test_a_transaction_left_idle_is_ended_by_the_server(postgres_url):
+    """What frees the row locks of a host that vanished in the middle of a transaction."""
+    engine = limited(postgres_url, statement_timeout=0.5)
+    try:
+        with engine.connect() as conn, pytest.raises(DBAPIError) as raised:
+            conn.begin()
+            conn.execute(text("SELECT 1"))
+            time.sleep(1.5)
+            conn.execute(text("SELECT 1"))
+        assert "idle-in-transaction timeout" in str(raised.value.orig)
+    finally:
+        engine.dispose()
+
+
+def test_a_server_that_never_answers_fails_the_connection_at_the_connect_timeout(postgres_server):
+    with socket.socket() as silent:  # accepts connections (the kernel does) and never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        engine = limited(f"postgresql+psycopg://postgres@127.0.0.1:{silent.getsockname()[1]}/test", connect_timeout=2)
+        started = time.monotonic()
+        try:
+            with pytest.raises(OperationalError) as raised:
+                engine.connect()
+        finally:
+            engine.dispose()
+        waited = time.monotonic() - started
+    assert unavailable(raised.value)
+    assert waited < 10
 
 
 # --- UsageRecorder --------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from ..config import DEFAULTS
+
 # How long a write waits for another process's write lock on SQLite before it fails.
 SQLITE_LOCK_WAIT_SECONDS = 30.0
 _WRITE = "responses_proxy_write"
@@ -18,12 +20,33 @@ _SQLITE_BUSY_SNAPSHOT = 517
 _SQLITE_ERROR = 1  # SQLite's generic error: a wrong statement or schema, not an unusable database
 
 
-def make_engine(url):
-    # Statement parameters (conversation text, tokens) never appear in database error messages.
+def make_engine(url, config=DEFAULTS):
+    """The process's engine; ``config`` gives PostgreSQL's ``DATABASE_*`` settings.
+
+    Statement parameters (conversation text, tokens) never appear in database error messages.
+    Pooled connections are checked before use (``pool_pre_ping``): after a restart of the
+    server, the dead ones are replaced instead of failing a request.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(url, parsed)
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=20, hide_parameters=True)
+    return create_engine(url, pool_pre_ping=True, pool_size=config["DATABASE_POOL_SIZE"],
+                         max_overflow=config["DATABASE_MAX_OVERFLOW"], hide_parameters=True,
+                         connect_args=_postgresql_limits(parsed, config))
+
+
+def _postgresql_limits(parsed, config):
+    """How long the server may take: to connect (the driver's own timeout), and per statement
+    or idle transaction (server settings, sent with every new connection in ``options``, after
+    any the URL has: its ``search_path``, say)."""
+    limits = {"connect_timeout": config["DATABASE_CONNECT_TIMEOUT"]}
+    milliseconds = round(config["DATABASE_STATEMENT_TIMEOUT"] * 1000)
+    if milliseconds:
+        given = parsed.query.get("options") or ()
+        options = [given] if isinstance(given, str) else list(given)
+        options += [f"-c statement_timeout={milliseconds}", f"-c idle_in_transaction_session_timeout={milliseconds}"]
+        limits["options"] = " ".join(options)
+    return limits
 
 
 def _sqlite_engine(url, parsed):

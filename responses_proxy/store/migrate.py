@@ -61,6 +61,9 @@ def upgrade(engine, revision="head"):
     """Apply the pending migrations, one process at a time."""
     if engine.dialect.name == "postgresql":
         with write(engine) as connection:
+            # A migration may rewrite a big table, and a second process waits here for the first
+            # to finish: no statement timeout in this transaction.
+            connection.execute(text("SET LOCAL statement_timeout = 0"))
             # Held until this transaction ends; PostgreSQL's DDL is transactional, so a second
             # process waits here and then finds the schema current.
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
@@ -85,7 +88,7 @@ def main():
         config = load_config()
     except ConfigError as exc:
         sys.exit(f"responses-proxy: {exc}")
-    engine = make_engine(config["DATABASE_URL"])
+    engine = make_engine(config["DATABASE_URL"], config)
     where = engine.url.render_as_string(hide_password=True)
     try:
         upgrade(engine)

@@ -29,7 +29,10 @@ from tests.fake_upstream import auth_json
 # Fast shutdown (the server ends its sessions, then stops) and immediate (it just exits, as in
 # a crash): the signals ``pg_ctl stop -m fast`` and ``-m immediate`` send to the postmaster.
 STOP_SIGNALS = {"fast": signal.SIGINT, "immediate": signal.SIGQUIT}
-# A request during the outage is answered within this (the connect timeout is far below it).
+# RESPONSES_PROXY_DATABASE_STATEMENT_TIMEOUT of the gateway here.
+STATEMENT_TIMEOUT = 2.0
+# A request during the outage is answered within this: a refused connection fails at once, and
+# the connect and statement timeouts are far below it.
 ANSWER_BOUND_SECONDS = 10.0
 
 
@@ -113,7 +116,8 @@ def postgres():
 @pytest.fixture(scope="module")
 def gateway(fake_upstream, postgres, tmp_path_factory):
     server = Gateway(tmp_path_factory.mktemp("outage"), fake_upstream.base_url,
-                     env={"RESPONSES_PROXY_DATABASE_URL": postgres.url, "RESPONSES_PROXY_KEEPALIVE_SECONDS": "1"})
+                     env={"RESPONSES_PROXY_DATABASE_URL": postgres.url, "RESPONSES_PROXY_KEEPALIVE_SECONDS": "1",
+                          "RESPONSES_PROXY_DATABASE_STATEMENT_TIMEOUT": str(STATEMENT_TIMEOUT)})
     server.start()
     server.import_account(auth_json(last_refresh="2099-01-01T00:00:00Z"))
     server.key = server.create_key()
@@ -227,3 +231,21 @@ def test_while_the_database_is_down_requests_get_503_and_everything_recovers(gat
     rows = {row["request_id"]: row for row in usage_rows(postgres, [open_id, turn_id])}
     assert (rows[open_id]["status"], rows[open_id]["error_code"], rows[open_id]["total_tokens"]) == (200, None, 19)
     assert (rows[turn_id]["status"], rows[turn_id]["error_code"]) == (200, "database_unavailable")
+
+
+def test_a_database_that_does_not_answer_in_time_gives_503_not_a_hang(gateway, postgres):
+    """Another client holds a lock that every request needs: each request waits for the
+    statement timeout, then gets 503; once the lock is gone, requests go through again."""
+    holder = create_engine(postgres.url)
+    try:
+        with holder.begin() as conn:
+            conn.execute(text("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE"))
+            reply, took = timed("POST", gateway.url + "/v1/responses", headers=auth(gateway.key),
+                                json={"model": "gpt-5.2", "input": "locked out"})
+            unavailable(reply)
+        assert STATEMENT_TIMEOUT <= took < ANSWER_BOUND_SECONDS
+    finally:
+        holder.dispose()
+    reply = requests.post(gateway.url + "/v1/responses", headers=auth(gateway.key), timeout=10,
+                          json={"model": "gpt-5.2", "input": "free again"})
+    assert reply.status_code == 200, reply.text
