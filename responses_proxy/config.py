@@ -125,7 +125,7 @@ SETTINGS = (
     Setting("UPSTREAM_POOL_SIZE", _positive(int), 1000, "Upstream connections each worker keeps open for reuse."),
     Setting("CONVERSATION_MAX_ITEMS", _positive(int), 1000,
             "Most items of a conversation sent upstream per turn; the oldest turns are left out whole."),
-    Setting("CONVERSATION_TURN_LEASE_SECONDS", _positive(float), 30.0,
+    Setting("CONVERSATION_TURN_LEASE_SECONDS", _positive(float), 20.0,
             "How long a turn's hold on its conversation outlives the process serving it (renewed every "
             "third of it while the turn runs): after a crash, the conversation is free again this soon."),
     Setting("CONVERSATION_RETENTION_DAYS", _positive(float), 30.0,

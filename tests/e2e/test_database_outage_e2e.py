@@ -214,7 +214,7 @@ def test_while_the_database_is_down_requests_get_503_and_everything_recovers(gat
     ws.close()
 
     # The turn that could not be stored still held its conversation: released once the
-    # database was back, not a whole lease (30 s) later.
+    # database was back, not a whole lease (20 s by default) later.
     def turn_served():
         reply = requests.post(gateway.url + "/v1/responses", headers=auth(key), timeout=ANSWER_BOUND_SECONDS,
                               json={"model": "gpt-5.2", "input": "after", "conversation": conversation})

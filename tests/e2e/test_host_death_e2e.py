@@ -14,6 +14,7 @@ import pytest
 import requests
 from sqlalchemy import select
 
+from responses_proxy.config import DEFAULTS
 from responses_proxy.pool.refresh import REFRESH_LEASE_SECONDS
 from responses_proxy.pool.upkeep import LOAD_STALE_SECONDS, UPKEEP_ROUND_SECONDS
 from responses_proxy.store.tables import accounts, worker_load
@@ -105,6 +106,10 @@ def test_turns_streaming_on_a_dead_host_are_taken_over_by_the_other(hosts, upstr
     print(f"\nturn leases taken over {sorted(round(seconds, 2) for seconds in took.values())} s after the kill "
           f"(lease {TURN_LEASE:g} s)")
     assert len(took) == len(conversations), f"still busy {TAKEOVER_GOAL_SECONDS:g} s after the host died"
+    # A dead turn holds its conversation for up to a whole lease (it may have just taken it):
+    # at the default lease, too, another host takes over within the goal.
+    assert max(took.values()) < TURN_LEASE + 2
+    assert DEFAULTS["CONVERSATION_TURN_LEASE_SECONDS"] + 2 < TAKEOVER_GOAL_SECONDS
     for conversation in conversations:
         # The killed turn added nothing; the next one, served by B, follows the first.
         assert items(b, conversation) == ["first", ANSWER, "next", ANSWER]
