@@ -11,7 +11,7 @@ import orjson
 from flask import Response
 from werkzeug.exceptions import HTTPException
 
-from .store import describe_error, unavailable
+from .store import log_failure, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -150,10 +150,6 @@ def api_error(exc):
     return None
 
 
-def log_database_error(exc):
-    log.warning("database unavailable", extra={"fields": {"reason": describe_error(exc)}})
-
-
 def http_exception_error(exc):
     """Flask/Werkzeug's own errors (404 route, 405 method, ...) in our envelope."""
     code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.code, "http_error")
@@ -180,5 +176,5 @@ def register_error_handlers(app):
             log.exception("unhandled error")
             error = ApiError(UNEXPECTED)
         elif isinstance(error, DatabaseUnavailable):
-            log_database_error(exc)
+            log_failure(log, "database unavailable", exc)
         return error.response()

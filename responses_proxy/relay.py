@@ -13,7 +13,7 @@ from gevent import get_hub
 from gevent.hub import Waiter
 
 from .errors import DatabaseUnavailable, UpstreamError
-from .store import unavailable
+from .store import log_failure, unavailable
 from .upstream.body import BodyError, UnsupportedEncoding, UpstreamBody
 from .upstream.sse import EventTooLarge, SSEParser
 
@@ -431,7 +431,7 @@ class Relay:
                 try:
                     self.on_final(self.tracker)
                 except Exception as exc:
-                    log.error("could not settle the response", exc_info=exc)
+                    log_failure(log, "could not settle the response", exc)
                     code = DatabaseUnavailable.code if unavailable(exc) else "server_error"
                     events[-1] = self.tracker.failure_event(SETTLE_FAILED, code=code)
         except Exception as exc:

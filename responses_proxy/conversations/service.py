@@ -11,7 +11,7 @@ import orjson
 from ..errors import Conflict, InvalidRequest, NotFound
 from ..items import check_sendable, is_conversation_id
 from ..store import conversations as store
-from ..store import describe_error, unavailable
+from ..store import describe_error, log_failure, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +169,8 @@ class TurnLeases:
                 if time.monotonic() >= renew_at:
                     renew_at = time.monotonic() + self.seconds / 3
                     self.renew()
-            except Exception:
-                log.exception("could not renew or release the leases of conversation turns")
+            except Exception as exc:
+                log_failure(log, "could not renew or release the leases of conversation turns", exc)
 
 
 def without_encrypted(value):

@@ -17,7 +17,7 @@ import requests
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from ..store import accounts as account_store
-from ..store import describe_error
+from ..store import describe_error, log_failure
 from ..upstream.oauth import RefreshFailed, refresh_tokens
 
 log = logging.getLogger(__name__)
@@ -122,9 +122,8 @@ class Refresher:
                 try:
                     if not account_store.renew_refresh(self._engine, account_id, owner, REFRESH_LEASE_SECONDS):
                         return
-                except Exception:
-                    log.warning("could not renew the refresh lock", exc_info=True,
-                                extra={"fields": {"account": account_id}})
+                except Exception as exc:
+                    log_failure(log, "could not renew the refresh lock", exc, {"account": account_id})
 
         threading.Thread(target=renew, name="refresh-lease", daemon=True).start()
         try:

@@ -15,7 +15,7 @@ import threading
 import time
 
 from ..store import accounts as account_store
-from ..store import pool_state
+from ..store import log_failure, pool_state
 from ..upstream.client import UpstreamUnavailable
 
 log = logging.getLogger(__name__)
@@ -101,8 +101,8 @@ class Upkeep:
                 if now >= next_affinity_prune:
                     next_affinity_prune = now + AFFINITY_PRUNE_SECONDS
                     pool_state.affinity_prune(self._engine, time.time() - self._affinity_ttl)
-            except Exception:
-                log.exception("pool upkeep failed")
+            except Exception as exc:
+                log_failure(log, "pool upkeep failed", exc)
                 stop.wait(UPKEEP_ROUND_SECONDS)
 
     def report_load(self):
@@ -126,8 +126,8 @@ class Upkeep:
         while not self._stop.wait(pause):
             try:
                 self.poll_quotas()
-            except Exception:
-                log.exception("quota poll failed")
+            except Exception as exc:
+                log_failure(log, "quota poll failed", exc)
             pause = min(self._quota_interval, QUOTA_CHECK_SECONDS)
 
     def poll_quotas(self):

@@ -30,9 +30,10 @@ from flask import Response
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import RemoteProtocolError
 
-from ..errors import UNEXPECTED, ApiError, InvalidApiKey, InvalidRequest, api_error, log_database_error
+from ..errors import UNEXPECTED, ApiError, InvalidApiKey, InvalidRequest, api_error
 from ..items import user_text_message
 from ..relay import ClientGone, Relay
+from ..store import log_failure
 from ..upstream.client import upstream_headers
 from ..validation import EXPECTED, MISSING, explain
 from .exchange import Exchange
@@ -305,7 +306,7 @@ class Session:
             error = api_error(exc)
             if error is None:
                 raise
-            log_database_error(exc)  # the connection stays: the next request may find it back
+            log_failure(log, "database unavailable", exc)  # the connection stays: the next request may find it back
             self.send_error(error)
             return True
         self.requests += 1
@@ -328,7 +329,7 @@ class Session:
             exchange.fail(exc)
             error = api_error(exc)
             if error is not None:
-                log_database_error(exc)
+                log_failure(log, "database unavailable", exc)
             self.send_error(error or ApiError(UNEXPECTED))
         except BaseException as exc:
             exchange.fail(exc)

@@ -128,6 +128,15 @@ def unavailable(exc):
     return code is None or code & 0xFF != _SQLITE_ERROR
 
 
+def log_failure(logger, message, exc, fields=None):
+    """Log work that failed: one line while the database is unavailable (news once per try, not
+    a stack trace per second during an outage), the traceback for anything else."""
+    if unavailable(exc):
+        logger.warning(message, extra={"fields": {**(fields or {}), "reason": describe_error(exc)}})
+    else:
+        logger.error(message, exc_info=exc, extra={"fields": fields or {}})
+
+
 def describe_error(exc):
     """The first line of a database error, without the SQL and its parameters."""
     original = getattr(exc, "orig", None) or exc
