@@ -11,7 +11,7 @@ import orjson
 from ..errors import Conflict, InvalidRequest, NotFound
 from ..items import check_sendable, is_conversation_id
 from ..store import conversations as store
-from ..store import describe_error, log_failure, unavailable
+from ..store import log_failure, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +128,7 @@ class TurnLeases:
         except Exception as exc:
             if not unavailable(exc):
                 raise
-            log.warning("could not release a conversation turn; retrying", extra={"fields": {
-                "conversation": conversation_id, "reason": describe_error(exc)}})
+            log_failure(log, "could not release a conversation turn; retrying", exc, {"conversation": conversation_id})
             self._unreleased[owner] = (conversation_id, time.monotonic() + (seconds or self.seconds))
             self._keep_up()
             self._wake.set()

@@ -158,14 +158,15 @@ class Refresher:
         while True:
             time.sleep(SAVE_LATER_SECONDS)
             try:
-                account_store.save_refreshed(self._engine, self._cipher, account_id, owner, fresh, expires)
+                saved = account_store.save_refreshed(self._engine, self._cipher, account_id, owner, fresh, expires)
             except Exception as exc:
                 if unavailable(exc):
                     continue
                 log.error("new tokens could not be stored; the account will need a new login", exc_info=exc,
                           extra={"fields": {"account": account_id}})
                 return
-            log.info("new tokens stored now that the database is back", extra={"fields": {"account": account_id}})
+            if saved:  # else the account was removed meanwhile
+                log.info("new tokens stored now that the database is back", extra={"fields": {"account": account_id}})
             return
 
     def _http(self):
