@@ -11,8 +11,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from .config import PREFIX, SETTINGS
+from .errors import describe_error
 from .services import services
-from .store import describe_error, migrate
+from .store import migrate
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 

@@ -74,6 +74,16 @@ SETTINGS = (
     Setting("DATABASE_URL", _str, None,
             "SQLAlchemy URL; default SQLite at DATA_DIR/responses-proxy.db. "
             "Use postgresql+psycopg://user@host/db to share state between hosts."),
+    Setting("DATABASE_POOL_SIZE", _at_least(1), 5, "PostgreSQL: connections each worker keeps open."),
+    Setting("DATABASE_MAX_OVERFLOW", _positive(int), 20,
+            "PostgreSQL: connections a worker may open beyond its pool under load (closed again once idle): "
+            "a worker holds at most DATABASE_POOL_SIZE + DATABASE_MAX_OVERFLOW."),
+    Setting("DATABASE_CONNECT_TIMEOUT", _at_least(2), 5,
+            "PostgreSQL: seconds to wait for a new connection before the request gets 503 database_unavailable."),
+    Setting("DATABASE_STATEMENT_TIMEOUT", _positive(float), 30.0,
+            "PostgreSQL: seconds a statement may run or wait for a lock, and a transaction may stay idle, "
+            "before the server ends it (the request gets 503 database_unavailable; 0: no limit). Schema "
+            "migrations are exempt."),
     Setting("ENCRYPTION_KEY", _str, None,
             "Key that encrypts upstream tokens at rest; default: generated once into DATA_DIR/secret.key "
             "(mode 0600). RESPONSES_PROXY_SECRET_KEY, its former name, is still read when this is unset."),
@@ -125,7 +135,7 @@ SETTINGS = (
     Setting("UPSTREAM_POOL_SIZE", _positive(int), 1000, "Upstream connections each worker keeps open for reuse."),
     Setting("CONVERSATION_MAX_ITEMS", _positive(int), 1000,
             "Most items of a conversation sent upstream per turn; the oldest turns are left out whole."),
-    Setting("CONVERSATION_TURN_LEASE_SECONDS", _positive(float), 30.0,
+    Setting("CONVERSATION_TURN_LEASE_SECONDS", _positive(float), 20.0,
             "How long a turn's hold on its conversation outlives the process serving it (renewed every "
             "third of it while the turn runs): after a crash, the conversation is free again this soon."),
     Setting("CONVERSATION_RETENTION_DAYS", _positive(float), 30.0,
@@ -139,6 +149,9 @@ SETTINGS = (
             "How long each worker keeps the result of its readiness checks (GET /readyz); 0: check every probe."),
     Setting("LOG_LEVEL", _str, "INFO", "Level of the JSON log written to stderr."),
 )
+
+
+DEFAULTS = {setting.name: setting.default for setting in SETTINGS}
 
 
 def load_config(environ=None, overrides=None):

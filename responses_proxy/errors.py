@@ -9,12 +9,17 @@ import logging
 
 import orjson
 from flask import Response
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
 
+_SQLITE_ERROR = 1  # SQLite's generic error: a wrong statement or schema, not an unusable database
+
 # What a client hears of an error nobody expected (the log has the details).
 UNEXPECTED = "The server had an error while processing your request."
+DATABASE_DOWN = "The gateway's database is unavailable; retry in a few seconds."
 
 
 class ApiError(Exception):
@@ -137,6 +142,53 @@ class NoAccounts(ApiError):
     code = "no_accounts"
 
 
+class DatabaseUnavailable(ApiError):
+    status = 503
+    type = "server_error"
+    code = "database_unavailable"
+
+    def __init__(self, message=DATABASE_DOWN):
+        super().__init__(message)
+
+
+def unavailable(exc):
+    """Whether ``exc`` says that the database cannot be used now (down, restarting, unreachable,
+    too slow, out of connections, locked, full) rather than that a statement was wrong: the same
+    work may succeed later."""
+    if isinstance(exc, (InterfaceError, PoolTimeout)):
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    return code is None or code & 0xFF != _SQLITE_ERROR
+
+def log_failure(logger, message, exc, fields=None):
+    """Log work that failed: one line while the database is unavailable (news once per try, not
+    a stack trace per second during an outage), the traceback for anything else."""
+    if unavailable(exc):
+        logger.warning(message, extra={"fields": {**(fields or {}), "reason": describe_error(exc)}})
+    else:
+        logger.error(message, exc_info=exc, extra={"fields": fields or {}})
+
+
+
+def describe_error(exc):
+    """The first line of a database error, without the SQL and its parameters."""
+    original = getattr(exc, "orig", None) or exc
+    lines = str(original).strip().splitlines()
+    return f"{type(original).__name__}: {lines[0] if lines else 'no detail'}"
+
+
+def api_error(exc):
+    """The ``ApiError`` that answers ``exc``: itself, ``DatabaseUnavailable`` for a failure of
+    the database, else None (a bug: the caller answers ``UNEXPECTED``)."""
+    if isinstance(exc, ApiError):
+        return exc
+    if unavailable(exc):
+        return DatabaseUnavailable()
+    return None
+
+
 def http_exception_error(exc):
     """Flask/Werkzeug's own errors (404 route, 405 method, ...) in our envelope."""
     code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.code, "http_error")
@@ -158,5 +210,10 @@ def register_error_handlers(app):
 
     @app.errorhandler(Exception)
     def handle_unexpected(exc):
-        log.exception("unhandled error")
-        return ApiError(UNEXPECTED).response()
+        error = api_error(exc)
+        if error is None:
+            log.exception("unhandled error")
+            error = ApiError(UNEXPECTED)
+        elif isinstance(error, DatabaseUnavailable):
+            log_failure(log, "database unavailable", exc)
+        return error.response()

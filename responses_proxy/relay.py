@@ -12,7 +12,7 @@ import orjson
 from gevent import get_hub
 from gevent.hub import Waiter
 
-from .errors import UpstreamError
+from .errors import DatabaseUnavailable, UpstreamError, log_failure, unavailable
 from .upstream.body import BodyError, UnsupportedEncoding, UpstreamBody
 from .upstream.sse import EventTooLarge, SSEParser
 
@@ -430,8 +430,9 @@ class Relay:
                 try:
                     self.on_final(self.tracker)
                 except Exception as exc:
-                    log.error("could not settle the response", exc_info=exc)
-                    events[-1] = self.tracker.failure_event(SETTLE_FAILED, code="server_error")
+                    log_failure(log, "could not settle the response", exc)
+                    code = DatabaseUnavailable.code if unavailable(exc) else "server_error"
+                    events[-1] = self.tracker.failure_event(SETTLE_FAILED, code=code)
         except Exception as exc:
             log.error("could not relay the upstream's events", exc_info=exc)
             events = [self.tracker.failure_event(RELAY_FAILED, code="server_error")]

@@ -28,7 +28,7 @@ class Services:
         from .usage.service import UsageService
 
         self.settings = config
-        self.engine = make_engine(config["DATABASE_URL"])
+        self.engine = make_engine(config["DATABASE_URL"], config)
         self.cipher = cipher_for(config)
         self.client = UpstreamClient(config)
         self.recorder = UsageRecorder(self.engine, config["USAGE_FLUSH_SECONDS"])

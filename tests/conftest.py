@@ -61,15 +61,31 @@ def postgres_server():
     engine.dispose()
 
 
+@contextlib.contextmanager
+def fresh_schema(server, url=POSTGRES_URL):
+    """A URL whose connections use a schema of their own, dropped at the end."""
+    schema = "t_" + uuid.uuid4().hex[:12]
+    with server.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield f"{url}?options=-csearch_path%3D{schema}"
+    finally:
+        with server.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+
+
 @pytest.fixture
 def postgres_url(postgres_server):
-    """A URL whose connections use a schema of their own, dropped after the test."""
-    schema = "t_" + uuid.uuid4().hex[:12]
-    with postgres_server.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    with postgres_server.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    """A schema of its own for one test."""
+    with fresh_schema(postgres_server) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_postgres_url(postgres_server):
+    """A schema of its own for one test module (gateways shared by its tests)."""
+    with fresh_schema(postgres_server) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -171,7 +187,8 @@ def die_with_parent():
 
 
 class Gateway:
-    """A real gunicorn (gevent workers) serving wsgi:app on a free port."""
+    """A real gunicorn (gevent workers) serving wsgi:app on a free port, in a process group of
+    its own (``kill`` takes the whole host down)."""
 
     def __init__(self, data_dir, upstream_url, env=None, workers=2):
         self.data_dir = data_dir
@@ -192,11 +209,19 @@ class Gateway:
         self.process = None
 
     def start(self):
+        return self.launch().wait_ready()
+
+    def launch(self):
+        """Start gunicorn without waiting for it: several gateways then start together. From the
+        main thread: the server gets SIGTERM when the thread that started it ends."""
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "gunicorn", "-c", "etc/gunicorn.conf.py", "-b", f"127.0.0.1:{self.port}",
                  "wsgi:app"], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=die_with_parent)
+                preexec_fn=die_with_parent, process_group=0)
+        return self
+
+    def wait_ready(self):
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -218,6 +243,12 @@ class Gateway:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def kill(self):
+        """SIGKILL to the master and its workers at once (their process group), as when the
+        host dies: nothing gets to clean up."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
 
     def worker_pids(self):
         """The pids of gunicorn's workers (the master's children)."""

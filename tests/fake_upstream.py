@@ -301,8 +301,15 @@ class FakeUpstream:
                 self._serve_responses(body, behaviour)
 
             def _serve_refresh(self, entry):
+                """Behaviour keys: ``status`` (+ ``body``, ``headers``) to refuse, ``delay`` (seconds
+                before the answer), ``account_id`` of the new tokens. The refresh token rotates when
+                the answer goes out: a client that left during ``delay`` has refreshed nothing."""
                 behaviour = fake._next("refresh", shared=False) or {}
-                time.sleep(behaviour.get("delay", 0))
+                try:
+                    self._wait(behaviour.get("delay", 0))
+                except BrokenPipeError:
+                    self.close_connection = True
+                    return None
                 if behaviour.get("status", 200) != 200:
                     return self._json(behaviour["status"], behaviour.get("body", {"error": "invalid_grant"}),
                                       behaviour.get("headers"))

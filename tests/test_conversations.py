@@ -1,12 +1,15 @@
 """Conversation storage and the item budget, without a server."""
 
 import json
+import time
 
 import orjson
 import pytest
 from sqlalchemy import event
+from sqlalchemy.exc import OperationalError
 
-from responses_proxy.conversations.service import within_budget
+from responses_proxy.conversations import service
+from responses_proxy.conversations.service import TurnLeases, within_budget
 from responses_proxy.store import conversations as store
 from responses_proxy.store import keys as key_store
 from responses_proxy.store import make_engine, migrate
@@ -117,5 +120,34 @@ def test_turn_lease_is_exclusive_and_released(database_url):
         store.release_turn(engine, row["id"], "two")
         assert store.acquire_turn(engine, row["id"], "three", -1)  # an expired lease is taken over
         assert store.acquire_turn(engine, row["id"], "four", 60)
+    finally:
+        engine.dispose()
+
+
+def test_a_release_the_database_refused_is_retried_until_it_goes_through(tmp_path, monkeypatch):
+    engine = make_engine("sqlite:///" + str(tmp_path / "test.db"))
+    try:
+        migrate.upgrade(engine)
+        row, _ = store.create(engine, "key_x")
+        leases = TurnLeases(engine, 60)
+        assert store.acquire_turn(engine, row["id"], "dying", 60)
+        leases.hold("dying", row["id"])
+        release = store.release_turn
+        refusals = []
+
+        def down_for_a_while(*args):
+            if len(refusals) < 2:
+                refusals.append(args)
+                raise OperationalError("UPDATE", {}, ConnectionError("server closed the connection"))
+            return release(*args)
+
+        monkeypatch.setattr(service.store, "release_turn", down_for_a_while)
+        leases.release("dying", row["id"])  # the database is down: no error, the turn ended anyway
+        assert not store.acquire_turn(engine, row["id"], "next", 60)
+        deadline = time.monotonic() + 3 * service.RELEASE_RETRY_SECONDS + 2
+        while not store.acquire_turn(engine, row["id"], "next", 60):
+            assert time.monotonic() < deadline, "still held a lease (60 s) after the database came back"
+            time.sleep(0.05)
+        assert len(refusals) == 2
     finally:
         engine.dispose()

@@ -1,10 +1,12 @@
 """The exchange settles its usage row, in-flight slot and turn once, on every path."""
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
-from responses_proxy.errors import ApiError, UpstreamError
-from responses_proxy.relay import ClientGone
+from responses_proxy.errors import ApiError, DatabaseUnavailable, UpstreamError
+from responses_proxy.relay import SETTLE_FAILED, ClientGone
 from responses_proxy.responses.exchange import Exchange
+from responses_proxy.responses.service import settle
 
 
 class Recorder:
@@ -30,6 +32,8 @@ class Turn:
 
     def commit(self, items):
         self.commits.append(items)
+        if isinstance(self.fail_commit, Exception):
+            raise self.fail_commit
         if self.fail_commit:
             raise RuntimeError("database went away")
 
@@ -82,6 +86,8 @@ def test_holding_a_new_slot_releases_the_previous_one(exchange):
     (GeneratorExit(), 499, "client_closed"),
     (UnicodeEncodeError("latin-1", "日本", 0, 1, "ordinal not in range"), 500, "server_error"),
     (KeyError("output"), 500, "server_error"),
+    (OperationalError("SELECT 1", {}, ConnectionError("server closed the connection")), 503,
+     "database_unavailable"),
 ])
 def test_every_exception_finishes_with_its_status(exchange, recorder, error, status, code):
     slot, turn = Slot(), Turn()
@@ -125,3 +131,24 @@ def test_the_usage_row_is_written_even_when_releasing_fails(exchange, recorder):
     exchange.finish(502, "upstream_error")
     assert slot.released == 1
     assert [(row["status"], row["error_code"]) for row in recorder.rows] == [(502, "upstream_error")]
+
+
+class Finished:
+    """A tracker whose answer finished."""
+
+    def completed(self):
+        return True
+
+    def output_items(self):
+        return [{"type": "message"}]
+
+
+@pytest.mark.parametrize("failure, error, status", [
+    (RuntimeError("a bug"), ApiError, 500),
+    (OperationalError("INSERT", {}, ConnectionError("server closed the connection")), DatabaseUnavailable, 503),
+])
+def test_an_answer_that_cannot_be_stored_says_so_with_the_status_of_the_cause(exchange, failure, error, status):
+    exchange.turn = Turn(fail_commit=failure)
+    with pytest.raises(error) as raised:
+        settle(exchange, raising=True)(Finished())
+    assert (raised.value.status, raised.value.message) == (status, SETTLE_FAILED)

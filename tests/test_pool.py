@@ -9,16 +9,18 @@ import time
 
 import pytest
 from sqlalchemy import insert, select, update
+from sqlalchemy.exc import OperationalError
 
 from responses_proxy.crypto import TokenCipher, fernet_key
 from responses_proxy.errors import NoAccounts, UsageLimitReached
 from responses_proxy.pool import AccountPool, account_state, selection, upkeep
 from responses_proxy.store import accounts as account_store
 from responses_proxy.store import keys as key_store
-from responses_proxy.store import pool_state
+from responses_proxy.store import make_engine, pool_state
 from responses_proxy.store import usage as usage_store
 from responses_proxy.store.tables import accounts, worker_load
 from responses_proxy.upstream.credentials import parse_auth_json
+from tests.conftest import free_port
 from tests.fake_upstream import auth_json
 
 
@@ -268,6 +270,40 @@ def test_the_upkeep_deletes_the_counts_of_dead_workers(services):
         assert wait_for(lambda: set(load_rows(services.engine)) == {("alive", account["id"])})
     finally:
         pool.close()
+
+
+def test_a_dead_workers_counts_are_deleted_a_round_after_they_went_stale(services):
+    account = add_account(services)
+    with services.engine.begin() as conn:  # its last report: it goes stale in half a second
+        conn.execute(insert(worker_load), [{"worker_id": "dying", "account_id": account["id"], "in_flight": 2,
+                                            "updated_at": time.time() - upkeep.LOAD_STALE_SECONDS + 0.5}])
+    pool = another_worker(services)
+    pool.start_maintenance()
+    try:
+        assert wait_for(lambda: not load_rows(services.engine), timeout=upkeep.UPKEEP_ROUND_SECONDS + 1.5)
+    finally:
+        pool.close()
+
+
+def test_while_the_database_is_down_the_upkeep_logs_a_line_a_round_not_a_stack(services):
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("responses_proxy.pool.upkeep")
+    logger.addHandler(handler)
+    down = make_engine(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/test")  # nothing listens there
+    pool = AccountPool(down, services.cipher, services.client, {**services.settings, "QUOTA_POLL_SECONDS": 0})
+    pool.start_maintenance()
+    try:
+        assert wait_for(lambda: records)
+    finally:
+        with pytest.raises(OperationalError):
+            pool.close()
+        logger.removeHandler(handler)
+        down.dispose()
+    [record] = records[:1]
+    assert (record.levelname, record.getMessage(), record.exc_info) == ("WARNING", "pool upkeep failed", None)
+    assert "OperationalError" in record.fields["reason"]
 
 
 def test_close_takes_this_workers_counts_out(services):

@@ -154,6 +154,28 @@ def test_a_database_that_stays_down_fails_the_refresh_after_the_retries(services
     assert not raised.value.permanent
 
 
+def test_new_tokens_the_database_could_not_take_are_stored_once_it_is_back(services, upstream, account,
+                                                                             monkeypatch):
+    real = account_store.save_refreshed
+    outage = {"down": True}
+
+    def down_for_a_while(*args):
+        if outage["down"]:
+            raise OperationalError("UPDATE accounts ...", {}, ConnectionError("server closed the connection"))
+        return real(*args)
+
+    monkeypatch.setattr(account_store, "save_refreshed", down_for_a_while)
+    monkeypatch.setattr(refresh, "SAVE_RETRY_DELAYS", (0.01,))
+    monkeypatch.setattr(refresh, "SAVE_LATER_SECONDS", 0.05)
+    with pytest.raises(RefreshFailed, match="could not be stored"):
+        services.pool.refresh(current(services.pool, account["id"]))
+    time.sleep(0.2)
+    outage["down"] = False
+    # The rotated refresh token (the old one is spent) is stored, not lost with the outage.
+    assert wait_for(lambda: stored(services, account["id"])[1]["refresh_token"] == "rt-first-next")
+    assert stored(services, account["id"])[0]["refresh_lock_owner"] is None
+
+
 def test_a_redirect_is_never_followed(services, upstream, account):
     elsewhere = upstream.base_url + "/elsewhere/oauth/token"
     upstream.push({"status": 307, "headers": {"Location": elsewhere}, "body": {}}, account="refresh")

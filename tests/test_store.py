@@ -2,16 +2,23 @@
 
 import hashlib
 import json
+import socket
+import sqlite3
 import time
 
 import pytest
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, select
+from sqlalchemy import inspect, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from responses_proxy.config import DEFAULTS
 from responses_proxy.crypto import TokenCipher, fernet_key
+from responses_proxy.errors import unavailable
 from responses_proxy.store import accounts as account_store
 from responses_proxy.store import keys as key_store
 from responses_proxy.store import make_engine, migrate
+from responses_proxy.store import recorder as recorder_module
 from responses_proxy.store import usage as usage_store
 from responses_proxy.store.recorder import UsageRecorder
 from responses_proxy.store.tables import accounts, api_keys, metadata, usage, worker_load
@@ -260,6 +267,101 @@ def test_usage_insert_many_of_nothing(engine):
     assert raw_rows(engine, usage) == []
 
 
+# --- what an unavailable database is ----------------------------------------------------------------
+
+def sqlite_error(code, message):
+    error = sqlite3.OperationalError(message)
+    error.sqlite_errorcode = code
+    return OperationalError("SELECT 1", {}, error)
+
+
+@pytest.mark.parametrize("error, expected", [
+    (sqlite_error(5, "database is locked"), True),
+    (sqlite_error(10, "disk I/O error"), True),
+    (sqlite_error(1, "no such table: usage"), False),  # a schema that is not there: a bug
+    (OperationalError("SELECT 1", {}, ConnectionError("connection refused")), True),  # PostgreSQL's
+    (InterfaceError("SELECT 1", {}, ConnectionError("the connection is closed")), True),
+    (PoolTimeout("QueuePool limit of size 5 overflow 20 reached"), True),
+    (IntegrityError("INSERT", {}, ValueError("duplicate key")), False),
+    (ValueError("not from the database"), False),
+], ids=["locked", "io", "no-table", "refused", "closed", "pool-timeout", "integrity", "other"])
+def test_which_errors_mean_the_database_is_unavailable(error, expected):
+    assert unavailable(error) is expected
+
+
+def test_sqlite_reports_a_missing_table_with_its_generic_error():
+    engine = make_engine("sqlite://")
+    try:
+        with pytest.raises(OperationalError) as raised, engine.connect() as conn:
+            conn.execute(select(usage))
+    finally:
+        engine.dispose()
+    assert not unavailable(raised.value)
+
+
+# --- PostgreSQL's limits -------------------------------------------------------------------------
+
+def limited(url, **settings):
+    return make_engine(url, {**DEFAULTS, **{"DATABASE_" + name.upper(): value for name, value in settings.items()}})
+
+
+def test_the_pool_settings_size_each_workers_connections(postgres_url):
+    engine = limited(postgres_url, pool_size=2, max_overflow=1)
+    try:
+        with engine.connect(), engine.connect(), engine.connect():
+            assert (engine.pool.size(), engine.pool.checkedout(), engine.pool.overflow()) == (2, 3, 1)
+    finally:
+        engine.dispose()
+
+
+def test_a_statement_stuck_behind_a_lock_ends_at_the_statement_timeout(postgres_url):
+    holder, engine = make_engine(postgres_url), limited(postgres_url, statement_timeout=0.5)
+    try:
+        migrate.upgrade(holder)
+        with holder.begin() as conn:
+            conn.execute(text("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE"))
+            started = time.monotonic()
+            with pytest.raises(OperationalError) as raised:
+                key_store.find_active(engine, "sk-rp-anything")  # the URL's search_path still applies
+            waited = time.monotonic() - started
+        assert unavailable(raised.value) and "statement timeout" in str(raised.value.orig)
+        assert waited < 5
+        assert key_store.find_active(engine, "sk-rp-anything") is None  # the lock is gone: it works again
+    finally:
+        holder.dispose()
+        engine.dispose()
+
+
+def test_a_transaction_left_idle_is_ended_by_the_server(postgres_url):
+    """What frees the row locks of a host that vanished in the middle of a transaction."""
+    engine = limited(postgres_url, statement_timeout=0.5)
+    try:
+        with engine.connect() as conn, pytest.raises(DBAPIError) as raised:
+            conn.begin()
+            conn.execute(text("SELECT 1"))
+            time.sleep(1.5)
+            conn.execute(text("SELECT 1"))
+        assert "idle-in-transaction timeout" in str(raised.value.orig)
+    finally:
+        engine.dispose()
+
+
+def test_a_server_that_never_answers_fails_the_connection_at_the_connect_timeout(postgres_server):
+    with socket.socket() as silent:  # accepts connections (the kernel does) and never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        engine = limited(f"postgresql+psycopg://postgres@127.0.0.1:{silent.getsockname()[1]}/test", connect_timeout=2)
+        started = time.monotonic()
+        try:
+            with pytest.raises(OperationalError) as raised:
+                engine.connect()
+        finally:
+            engine.dispose()
+        waited = time.monotonic() - started
+    assert unavailable(raised.value)
+    assert waited < 10
+
+
 # --- UsageRecorder --------------------------------------------------------------------------------
 
 def count_usage(engine):
@@ -307,6 +409,56 @@ def test_recorder_survives_a_database_error(bare_engine):
     batching = UsageRecorder(bare_engine, 3600)
     batching.record(usage_row(time.time()))
     batching.flush()
+
+
+class Outage:
+    """``usage.insert_many`` as the recorder sees it while the database is down, then back."""
+
+    def __init__(self, monkeypatch):
+        self.down = True
+        self.refused = 0
+        self._insert = recorder_module.usage.insert_many
+        monkeypatch.setattr(recorder_module.usage, "insert_many", self.insert_many)
+
+    def insert_many(self, engine, rows):
+        if self.down:
+            self.refused += 1
+            raise OperationalError("INSERT", {}, ConnectionError("server closed the connection unexpectedly"))
+        self._insert(engine, rows)
+
+
+@pytest.mark.parametrize("flush_seconds", [0, 0.05])
+def test_recorder_keeps_rows_while_the_database_is_down_and_writes_them_once_back(engine, monkeypatch,
+                                                                                   flush_seconds):
+    outage = Outage(monkeypatch)
+    recorder = UsageRecorder(engine, flush_seconds)
+    for index in range(3):
+        recorder.record(usage_row(time.time(), key_id=f"key_{index}"))  # never raises into the request
+    deadline = time.monotonic() + 5
+    while outage.refused < 2:
+        assert time.monotonic() < deadline, "the rows were not tried again"
+        time.sleep(0.02)
+    assert count_usage(engine) == 0
+    outage.down = False
+    recorder.record(usage_row(time.time(), key_id="key_3"))
+    deadline = time.monotonic() + recorder_module.RETRY_SECONDS + 5
+    while count_usage(engine) < 4:
+        assert time.monotonic() < deadline, "the kept rows were not written once the database was back"
+        time.sleep(0.02)
+    rows = sorted(raw_rows(engine, usage), key=lambda row: row["id"])
+    assert [row["key_id"] for row in rows] == ["key_0", "key_1", "key_2", "key_3"]  # in order, each once
+
+
+def test_recorder_keeps_the_newest_rows_up_to_its_limit(engine, monkeypatch):
+    monkeypatch.setattr(recorder_module, "PENDING_LIMIT", 3)
+    outage = Outage(monkeypatch)
+    recorder = UsageRecorder(engine, 3600)
+    for index in range(5):
+        recorder.record(usage_row(time.time(), key_id=f"key_{index}"))
+        recorder.flush()
+    outage.down = False
+    recorder.flush()
+    assert sorted(row["key_id"] for row in raw_rows(engine, usage)) == ["key_2", "key_3", "key_4"]
 
 
 def test_expired_affinity_rows_are_pruned(database_url):

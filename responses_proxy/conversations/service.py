@@ -8,7 +8,7 @@ import time
 
 import orjson
 
-from ..errors import Conflict, InvalidRequest, NotFound
+from ..errors import Conflict, InvalidRequest, NotFound, log_failure, unavailable
 from ..items import check_sendable, is_conversation_id
 from ..store import conversations as store
 
@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 # upstream is, so a process that died (or a host that went away) blocks its conversations for
 # no longer than that. Adding items through the API holds the lease only for one transaction.
 ITEMS_LEASE_SECONDS = 30.0
+# A release the database refused (it was down) is tried again this often until it works or the
+# lease ran out by itself: after a short outage the conversation is free at once, not a lease later.
+RELEASE_RETRY_SECONDS = 1.0
 # Items that answer a call from an earlier item: never sent without that call.
 CALL_OUTPUT_TYPES = frozenset(("function_call_output", "custom_tool_call_output", "local_shell_call_output",
                                "computer_call_output", "mcp_approval_response", "tool_search_output"))
@@ -84,49 +87,88 @@ class Turn:
             store.append(self.engine, self.conversation_id, list(self.new_items) + list(output_items),
                          release_owner=self.owner)
         except BaseException:
-            store.release_turn(self.engine, self.conversation_id, self.owner)
+            self._leases.release(self.owner, self.conversation_id)
             raise
 
     def abort(self):
         """The turn failed or was cut off: the conversation stays exactly as it was."""
         if not self._done:
             self._done = True
-            self._leases.forget(self.owner)
-            store.release_turn(self.engine, self.conversation_id, self.owner)
+            self._leases.release(self.owner, self.conversation_id)
 
 
 class TurnLeases:
-    """The turn leases this process holds, renewed together by one background loop."""
+    """The turn leases this process holds, renewed together by one background loop, which also
+    retries the releases the database could not take."""
 
     def __init__(self, engine, seconds):
         self.engine = engine
         self.seconds = seconds
         self._held = {}  # owner -> conversation id
+        self._unreleased = {}  # owner -> (conversation id, time.monotonic() its lease ends by)
+        self._wake = threading.Event()
         self._renewer = None
         self._pid = None
 
     def hold(self, owner, conversation_id):
         self._held[owner] = conversation_id
+        self._keep_up()
+
+    def forget(self, owner):
+        self._held.pop(owner, None)
+
+    def release(self, owner, conversation_id, seconds=None):
+        """End ``owner``'s hold on the conversation. When the database fails, the release is
+        retried in the background until it works or the lease (``seconds``, default a turn's)
+        has run out by itself."""
+        self._held.pop(owner, None)
+        try:
+            store.release_turn(self.engine, conversation_id, owner)
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
+            log_failure(log, "could not release a conversation turn; retrying", exc, {"conversation": conversation_id})
+            self._unreleased[owner] = (conversation_id, time.monotonic() + (seconds or self.seconds))
+            self._keep_up()
+            self._wake.set()
+
+    def renew(self):
+        if self._held:
+            store.renew_turns(self.engine, list(self._held), self.seconds)
+
+    def retry_releases(self):
+        now = time.monotonic()
+        for owner, (conversation_id, ends) in list(self._unreleased.items()):
+            if ends > now:
+                try:
+                    store.release_turn(self.engine, conversation_id, owner)
+                except Exception as exc:
+                    if not unavailable(exc):
+                        raise
+                    return  # still down: the next round tries again
+            del self._unreleased[owner]
+
+    def _keep_up(self):
         if self._renewer is None or self._pid != os.getpid():
             # Started on first use, in the process that serves (a thread is a greenlet there).
             self._pid = os.getpid()
             self._renewer = threading.Thread(target=self._renew_forever, name="turn-leases", daemon=True)
             self._renewer.start()
 
-    def forget(self, owner):
-        self._held.pop(owner, None)
-
-    def renew(self):
-        if self._held:
-            store.renew_turns(self.engine, list(self._held), self.seconds)
-
     def _renew_forever(self):
+        renew_at = time.monotonic() + self.seconds / 3
         while True:
-            time.sleep(self.seconds / 3)
+            wait = renew_at - time.monotonic()
+            self._wake.wait(max(0.0, min(wait, RELEASE_RETRY_SECONDS) if self._unreleased else wait))
+            self._wake.clear()
             try:
-                self.renew()
-            except Exception:
-                log.exception("could not renew the leases of open conversation turns")
+                if self._unreleased:
+                    self.retry_releases()
+                if time.monotonic() >= renew_at:
+                    renew_at = time.monotonic() + self.seconds / 3
+                    self.renew()
+            except Exception as exc:
+                log_failure(log, "could not renew or release the leases of conversation turns", exc)
 
 
 def without_encrypted(value):
@@ -173,8 +215,7 @@ class ConversationService:
             history, dropped = within_budget(store.load_items(self.engine, conversation_id),
                                              max(0, self.max_items - len(new_items)))
         except BaseException:
-            self.leases.forget(owner)
-            store.release_turn(self.engine, conversation_id, owner)
+            self.leases.release(owner, conversation_id)
             raise
         prepared = dict(upstream, input=history + new_items)
         include = list(upstream.get("include") or ())
@@ -220,7 +261,7 @@ class ConversationService:
         try:
             stored = store.append(self.engine, conversation_id, items, release_owner=owner)
         except Exception:
-            store.release_turn(self.engine, conversation_id, owner)
+            self.leases.release(owner, conversation_id, ITEMS_LEASE_SECONDS)
             raise
         return item_list([item_object(item_id, item) for item_id, item in stored], False)
 

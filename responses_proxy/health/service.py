@@ -28,6 +28,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..errors import describe_error
 from ..pool import ACTIVE, COOLING_DOWN, DISABLED, NEEDS_RELOGIN, account_state
 from ..store import make_engine, migrate, upsert, write
 from ..store.tables import accounts, readiness
@@ -69,7 +70,7 @@ class Readiness:
                 rows = conn.execute(select(accounts.c.status, accounts.c.cooldown_until, accounts.c.tokens)
                                     ).mappings().all()
         except SQLAlchemyError as exc:
-            error = migrate.describe_error(exc)
+            error = describe_error(exc)
             checks = {name: failed(f"database unavailable: {error}") for name in ("database", "schema")}
             checks["encryption"] = checks["accounts"] = failed("unknown: the database cannot be read")
         else:
@@ -85,7 +86,7 @@ class Readiness:
                 upsert(conn, readiness, [{"host": socket.gethostname(), "checked_at": time.time()}], ["host"],
                        ["checked_at"])
         except SQLAlchemyError as exc:
-            return failed(f"the database does not take writes: {migrate.describe_error(exc)}")
+            return failed(f"the database does not take writes: {describe_error(exc)}")
         for path in self._files():
             if os.path.exists(path) and not os.access(path, os.W_OK):
                 return failed(f"the database does not take writes: {path} is not writable")
@@ -102,7 +103,7 @@ class Readiness:
         try:
             revision = MigrationContext.configure(conn).get_current_revision()
         except SQLAlchemyError as exc:
-            return failed(f"the schema revision cannot be read: {migrate.describe_error(exc)}")
+            return failed(f"the schema revision cannot be read: {describe_error(exc)}")
         check = {"ok": revision == self._head, "revision": revision, "head": self._head}
         if not check["ok"]:
             check["error"] = (f"the database schema is at revision {revision}, this version needs {self._head}: "

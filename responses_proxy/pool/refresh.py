@@ -14,10 +14,9 @@ import threading
 import time
 
 import requests
-from sqlalchemy.exc import InterfaceError, OperationalError
 
+from ..errors import describe_error, log_failure, unavailable
 from ..store import accounts as account_store
-from ..store import describe_error
 from ..upstream.oauth import RefreshFailed, refresh_tokens
 
 log = logging.getLogger(__name__)
@@ -31,6 +30,8 @@ REFRESH_WAIT_SECONDS = sum(REFRESH_TIMEOUT) + 5.0
 REFRESH_BACKOFF_SECONDS = 60.0
 # Storing new tokens is retried this many times, this far apart: they are the only login left.
 SAVE_RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
+# After those, they are tried again this often, in the background, until the database takes them.
+SAVE_LATER_SECONDS = 2.0
 
 
 class Refresher:
@@ -122,9 +123,8 @@ class Refresher:
                 try:
                     if not account_store.renew_refresh(self._engine, account_id, owner, REFRESH_LEASE_SECONDS):
                         return
-                except Exception:
-                    log.warning("could not renew the refresh lock", exc_info=True,
-                                extra={"fields": {"account": account_id}})
+                except Exception as exc:
+                    log_failure(log, "could not renew the refresh lock", exc, {"account": account_id})
 
         threading.Thread(target=renew, name="refresh-lease", daemon=True).start()
         try:
@@ -133,20 +133,41 @@ class Refresher:
             done.set()
 
     def _save(self, account_id, owner, fresh, expires):
-        """Store new tokens, retrying while the database fails for a moment."""
+        """Store new tokens, retrying while the database fails for a moment. When it stays down
+        longer, the request gives up, and the tokens are stored in the background as soon as it is
+        back: the auth server has retired the old refresh token, so they are the only login left."""
         delays = iter(SAVE_RETRY_DELAYS)
         while True:
             try:
                 return account_store.save_refreshed(self._engine, self._cipher, account_id, owner, fresh, expires)
-            except (OperationalError, InterfaceError) as exc:
+            except Exception as exc:
+                if not unavailable(exc):
+                    raise
                 fields = {"account": account_id, "reason": describe_error(exc)}
                 delay = next(delays, None)
                 if delay is None:
-                    log.error("new tokens could not be stored; the account will need a new login",
+                    log.error("new tokens could not be stored; storing them once the database is back",
                               extra={"fields": fields})
+                    threading.Thread(target=self._save_later, args=(account_id, owner, fresh, expires),
+                                     name="refreshed-tokens", daemon=True).start()
                     raise RefreshFailed("the new tokens could not be stored", permanent=False) from None
                 log.warning("storing new tokens failed; retrying", extra={"fields": fields})
                 time.sleep(delay)
+
+    def _save_later(self, account_id, owner, fresh, expires):
+        while True:
+            time.sleep(SAVE_LATER_SECONDS)
+            try:
+                saved = account_store.save_refreshed(self._engine, self._cipher, account_id, owner, fresh, expires)
+            except Exception as exc:
+                if unavailable(exc):
+                    continue
+                log.error("new tokens could not be stored; the account will need a new login", exc_info=exc,
+                          extra={"fields": {"account": account_id}})
+                return
+            if saved:  # else the account was removed meanwhile
+                log.info("new tokens stored now that the database is back", extra={"fields": {"account": account_id}})
+            return
 
     def _http(self):
         # Not the upstream client's session: the auth server is another host, with other settings.

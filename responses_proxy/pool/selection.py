@@ -7,7 +7,8 @@ import threading
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..store import describe_error, pool_state
+from ..errors import describe_error
+from ..store import pool_state
 from ..store import usage as usage_store
 from .upkeep import LOAD_STALE_SECONDS
 

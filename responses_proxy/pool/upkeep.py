@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 
+from ..errors import log_failure
 from ..store import accounts as account_store
 from ..store import pool_state
 from ..upstream.client import UpstreamUnavailable
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 LOAD_STALE_SECONDS = 10.0
 LOAD_HEARTBEAT_SECONDS = LOAD_STALE_SECONDS / 3
 LOAD_WRITE_GAP_SECONDS = 0.05  # at most one load write per gap: a burst of requests is one write
-# The loop's round: affinity timestamps are written, heartbeats and prunes checked this often.
+# The loop's round: affinity timestamps are written, heartbeats checked and stale counts deleted
+# this often.
 UPKEEP_ROUND_SECONDS = 1.0
 AFFINITY_PRUNE_SECONDS = 600.0
 QUOTA_FIRST_POLL_SECONDS = 1.0
@@ -80,7 +82,7 @@ class Upkeep:
 
     def _keep_up(self):
         stop, changed = self._stop, self._selector.load_changed
-        next_round = next_load_prune = next_affinity_prune = 0.0
+        next_round = next_affinity_prune = 0.0
         while not stop.is_set():
             if changed.wait(max(0.0, next_round - time.monotonic())):
                 # At most one write per gap: a lone change goes out at once, a burst as one write.
@@ -94,14 +96,14 @@ class Upkeep:
                 if now >= next_round:
                     next_round = now + UPKEEP_ROUND_SECONDS
                     self.flush_affinity()
-                if now >= next_load_prune:
-                    next_load_prune = now + LOAD_STALE_SECONDS
+                    # Every round: a dead worker's counts leave the table a round after they
+                    # went stale, not a whole stale period later.
                     pool_state.prune_load(self._engine, time.time() - LOAD_STALE_SECONDS)
                 if now >= next_affinity_prune:
                     next_affinity_prune = now + AFFINITY_PRUNE_SECONDS
                     pool_state.affinity_prune(self._engine, time.time() - self._affinity_ttl)
-            except Exception:
-                log.exception("pool upkeep failed")
+            except Exception as exc:
+                log_failure(log, "pool upkeep failed", exc)
                 stop.wait(UPKEEP_ROUND_SECONDS)
 
     def report_load(self):
@@ -129,8 +131,8 @@ class Upkeep:
         while not self._stop.wait(pause):
             try:
                 self.poll_quotas()
-            except Exception:
-                log.exception("quota poll failed")
+            except Exception as exc:
+                log_failure(log, "quota poll failed", exc)
             pause = min(self._quota_interval, QUOTA_CHECK_SECONDS)
 
     def poll_quotas(self):

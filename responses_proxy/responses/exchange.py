@@ -11,7 +11,7 @@ the first byte, a client that went away, an exception nobody expected.
 import logging
 import time
 
-from ..errors import ApiError
+from ..errors import api_error
 from ..relay import CLIENT_CLOSED, ClientGone
 
 log = logging.getLogger("responses_proxy.request")
@@ -99,14 +99,16 @@ class Exchange:
 
     def fail(self, exc):
         """``finish`` for an exception: its status and code (499 for a client that left)."""
-        if isinstance(exc, ApiError):
-            self.finish(exc.status, exc.code)
-        elif isinstance(exc, (ClientGone, GeneratorExit)):
+        if isinstance(exc, (ClientGone, GeneratorExit)):
             self.finish(CLIENT_CLOSED, "client_closed")
-        else:
-            if isinstance(exc, Exception):
-                log.error("request failed", exc_info=exc, extra={"fields": {"request_id": self.row["request_id"]}})
-            self.finish(500, "server_error")
+            return
+        error = api_error(exc) if isinstance(exc, Exception) else None
+        if error is not None:
+            self.finish(error.status, error.code)
+            return
+        if isinstance(exc, Exception):
+            log.error("request failed", exc_info=exc, extra={"fields": {"request_id": self.row["request_id"]}})
+        self.finish(500, "server_error")
 
     def _record(self, status, error_code, ttfb, usage):
         row = self.row

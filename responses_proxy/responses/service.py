@@ -9,7 +9,15 @@ import time
 import uuid
 
 from .. import relay
-from ..errors import ApiError, InvalidRequest, ModelNotAllowed, UpstreamError, UsageLimitReached
+from ..errors import (
+    ApiError,
+    DatabaseUnavailable,
+    InvalidRequest,
+    ModelNotAllowed,
+    UpstreamError,
+    UsageLimitReached,
+    unavailable,
+)
 from ..items import conversation_id_of, to_json
 from ..upstream.client import UpstreamUnavailable, error_for_status, read_error_body, upstream_headers
 from ..upstream.oauth import RefreshFailed
@@ -213,9 +221,10 @@ def settle(exchange, raising=False):
     def on_final(tracker):
         try:
             exchange.settle_turn(tracker.completed(), tracker.output_items())
-        except Exception:
+        except Exception as exc:
             if raising:
-                raise ApiError(relay.SETTLE_FAILED) from None
+                error = DatabaseUnavailable if unavailable(exc) else ApiError
+                raise error(relay.SETTLE_FAILED) from None
             raise
 
     return on_final

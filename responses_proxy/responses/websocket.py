@@ -30,7 +30,7 @@ from flask import Response
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import RemoteProtocolError
 
-from ..errors import UNEXPECTED, ApiError, InvalidApiKey, InvalidRequest
+from ..errors import UNEXPECTED, ApiError, InvalidApiKey, InvalidRequest, api_error, log_failure
 from ..items import user_text_message
 from ..relay import ClientGone, Relay
 from ..upstream.client import upstream_headers
@@ -301,6 +301,13 @@ class Session:
         except InvalidApiKey as exc:  # revoked since the upgrade
             self.send_error(exc)
             return False
+        except Exception as exc:
+            error = api_error(exc)
+            if error is None:
+                raise
+            log_failure(log, "database unavailable", exc)  # the connection stays: the next request may find it back
+            self.send_error(error)
+            return True
         self.requests += 1
         # A supplied request id may be 64 characters long, the column's size.
         exchange = Exchange(self.shared.recorder, f"{self.id[:52]}.{self.requests}", key["id"], "websocket")
@@ -321,7 +328,10 @@ class Session:
             self.send_error(exc)
         except Exception as exc:
             exchange.fail(exc)
-            self.send_error(ApiError(UNEXPECTED))
+            error = api_error(exc)
+            if error is not None:
+                log_failure(log, "database unavailable", exc)
+            self.send_error(error or ApiError(UNEXPECTED))
         except BaseException as exc:
             exchange.fail(exc)
             raise

@@ -11,6 +11,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
+from ..config import DEFAULTS
+
 # How long a write waits for another process's write lock on SQLite before it fails.
 SQLITE_LOCK_WAIT_SECONDS = 30.0
 _WRITE = "responses_proxy_write"
@@ -18,19 +20,40 @@ _SQLITE_BUSY = 5  # SQLITE_BUSY and its extended codes but BUSY_SNAPSHOT (517), 
 _SQLITE_BUSY_SNAPSHOT = 517
 
 
-def make_engine(url, pooled=True, lock_wait=SQLITE_LOCK_WAIT_SECONDS):
-    """The engine for ``url``. ``pooled=False``: a new connection for every use, to meet the
-    database as a starting worker would; ``lock_wait``: seconds to wait for a lock (SQLite) or
-    a connection (PostgreSQL, unpooled). Statement parameters (conversation text, tokens) never
-    appear in database error messages."""
+def make_engine(url, config=DEFAULTS, pooled=True, lock_wait=SQLITE_LOCK_WAIT_SECONDS):
+    """The engine for ``url``; ``config`` gives PostgreSQL's ``DATABASE_*`` settings.
+
+    ``pooled=False``: a new connection for every use, to meet the database as a starting
+    worker would; ``lock_wait``: seconds to wait for a lock (SQLite) or a connection
+    (PostgreSQL, unpooled). Statement parameters (conversation text, tokens) never appear in
+    database error messages. Pooled connections are checked before use (``pool_pre_ping``):
+    after a restart of the server, the dead ones are replaced instead of failing a request.
+    """
     parsed = make_url(url)
     pooling = {} if pooled else {"poolclass": NullPool}
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(url, parsed, pooling, lock_wait)
     if not pooled:
-        return create_engine(url, connect_args={"connect_timeout": max(1, int(lock_wait))}, hide_parameters=True,
-                             **pooling)
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=20, hide_parameters=True)
+        limits = _postgresql_limits(parsed, config)
+        limits["connect_timeout"] = max(1, int(lock_wait))
+        return create_engine(url, connect_args=limits, hide_parameters=True, **pooling)
+    return create_engine(url, pool_pre_ping=True, pool_size=config["DATABASE_POOL_SIZE"],
+                         max_overflow=config["DATABASE_MAX_OVERFLOW"], hide_parameters=True,
+                         connect_args=_postgresql_limits(parsed, config))
+
+
+def _postgresql_limits(parsed, config):
+    """How long the server may take: to connect (the driver's own timeout), and per statement
+    or idle transaction (server settings, sent with every new connection in ``options``, after
+    any the URL has: its ``search_path``, say)."""
+    limits = {"connect_timeout": config["DATABASE_CONNECT_TIMEOUT"]}
+    milliseconds = round(config["DATABASE_STATEMENT_TIMEOUT"] * 1000)
+    if milliseconds:
+        given = parsed.query.get("options") or ()
+        options = [given] if isinstance(given, str) else list(given)
+        options += [f"-c statement_timeout={milliseconds}", f"-c idle_in_transaction_session_timeout={milliseconds}"]
+        limits["options"] = " ".join(options)
+    return limits
 
 
 def _sqlite_engine(url, parsed, pooling, lock_wait):
@@ -106,11 +129,6 @@ def write(engine):
             yield conn
 
 
-def describe_error(exc):
-    """The first line of a database error, without the SQL and its parameters."""
-    original = getattr(exc, "orig", None) or exc
-    lines = str(original).strip().splitlines()
-    return f"{type(original).__name__}: {lines[0] if lines else 'no detail'}"
 
 
 def take_lease(engine, table, row_id, until, owner_column, owner, seconds):

@@ -18,7 +18,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
-from . import describe_error, make_engine, write
+from ..errors import describe_error
+from . import make_engine, write
 
 MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
 # Any constant shared by every process of every host: the key of PostgreSQL's advisory lock.
@@ -61,6 +62,9 @@ def upgrade(engine, revision="head"):
     """Apply the pending migrations, one process at a time."""
     if engine.dialect.name == "postgresql":
         with write(engine) as connection:
+            # A migration may rewrite a big table, and a second process waits here for the first
+            # to finish: no statement timeout in this transaction.
+            connection.execute(text("SET LOCAL statement_timeout = 0"))
             # Held until this transaction ends; PostgreSQL's DDL is transactional, so a second
             # process waits here and then finds the schema current.
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
@@ -85,7 +89,7 @@ def main():
         config = load_config()
     except ConfigError as exc:
         sys.exit(f"responses-proxy: {exc}")
-    engine = make_engine(config["DATABASE_URL"])
+    engine = make_engine(config["DATABASE_URL"], config)
     where = engine.url.render_as_string(hide_password=True)
     try:
         upgrade(engine)
