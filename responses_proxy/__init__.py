@@ -10,7 +10,8 @@ from .services import EXTENSION, Services
 def create_app(config=None):
     """Build the app: settings from the environment, overridden by ``config`` (tests, apps
     that embed this one), then each domain wires itself in."""
-    app = Flask(__name__)
+    # No static files: without a static folder Flask adds no /static route.
+    app = Flask(__name__, static_folder=None)
     settings = configure_settings(app, config)
     configure_logging(app)
     app.extensions[EXTENSION] = Services(settings)
