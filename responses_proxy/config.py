@@ -12,6 +12,8 @@ from dataclasses import dataclass
 PREFIX = "RESPONSES_PROXY_"
 # Former names still read (new name -> old name), so an upgrade keeps working deploys working.
 RENAMED = {"ENCRYPTION_KEY": "SECRET_KEY"}
+# Settings whose values are never shown (``settings`` prints "(set)") nor put in Flask's config.
+SECRETS = frozenset(("ENCRYPTION_KEY", "METRICS_TOKEN"))
 
 
 class ConfigError(ValueError):
@@ -123,6 +125,9 @@ SETTINGS = (
     Setting("USAGE_FLUSH_SECONDS", _positive(float), 1.0,
             "Usage rows are written in batches at most this far apart (0 writes each row at once)."),
     Setting("LOG_LEVEL", _str, "INFO", "Level of the JSON log written to stderr."),
+    Setting("METRICS_TOKEN", _str, None,
+            "When set, GET /metrics answers only requests with 'Authorization: Bearer <this token>' "
+            "(401 otherwise); when unset, /metrics is open. It never takes an API key."),
 )
 
 

@@ -15,6 +15,7 @@ class Services:
         from .conversations.service import ConversationService
         from .crypto import cipher_for
         from .keys.service import KeyService
+        from .metrics.service import Metrics
         from .pool import AccountPool
         from .responses.schemas import ResponsesRequestSchema
         from .responses.service import ResponsesService
@@ -31,7 +32,8 @@ class Services:
         self.pool = AccountPool(self.engine, self.cipher, self.client, config)
         self.keys = KeyService(self.engine)
         self.catalog = Catalog(self.client, self.pool, config["MODELS_CACHE_SECONDS"])
-        self.conversations = ConversationService(self.engine, config)
+        self.metrics = Metrics(self.pool, self.catalog)
+        self.conversations = ConversationService(self.engine, config, self.metrics)
         self.responses = ResponsesService(self.pool, self.client, self.catalog, self.conversations, config)
         # The request contracts whose limits are settings.
         self.request_schema = ResponsesRequestSchema(max_input_items=config["MAX_INPUT_ITEMS"])

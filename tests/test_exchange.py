@@ -2,7 +2,9 @@
 
 import pytest
 
+from responses_proxy.catalog.service import Catalog
 from responses_proxy.errors import ApiError, UpstreamError
+from responses_proxy.metrics.service import Metrics
 from responses_proxy.relay import ClientGone
 from responses_proxy.responses.exchange import Exchange
 
@@ -46,7 +48,7 @@ def recorder():
 
 @pytest.fixture
 def exchange(recorder):
-    exchange = Exchange(recorder, "req_1", "key_1")
+    exchange = Exchange(recorder, "req_1", "key_1", metrics=Metrics(None, Catalog(None, None, 300)))
     exchange.describe({"model": "gpt-5.2", "stream": True})
     return exchange
 

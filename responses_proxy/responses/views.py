@@ -17,7 +17,7 @@ bp = Blueprint("responses", __name__, url_prefix="/v1")
 @require_api_key
 def create_response():
     shared = services()
-    exchange = Exchange(shared.recorder, g.request_id, g.api_key["id"])
+    exchange = g.exchange = Exchange(shared.recorder, g.request_id, g.api_key["id"], metrics=shared.metrics)
     try:
         body = validate_request(read_json_body(current_app.config["MAX_BODY_BYTES"]))
         exchange.describe(body)
