@@ -42,7 +42,7 @@ def configure_logging(app):
 
 
 def register_domains(app):
-    from . import catalog, cli, conversations, keys, metrics, observability, responses
+    from . import catalog, cli, conversations, keys, metrics, observability, openapi, responses
 
-    for domain in (observability, metrics, keys, responses, catalog, conversations, cli):
+    for domain in (observability, metrics, keys, responses, catalog, conversations, openapi, cli):
         domain.init_app(app)
