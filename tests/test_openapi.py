@@ -76,6 +76,10 @@ def test_the_statuses_of_create_response(document):
 
     assert set(answers) == {"200", "400", "401", "403", "404", "408", "409", "413", "429", "502", "503"}
     assert set(answers["200"]["content"]) == {"application/json", "text/event-stream"}
+    # OpenAPI 3.1 reads an event stream's schema as each event's: {event, data}.
+    event = answers["200"]["content"]["text/event-stream"]["schema"]
+    assert event["type"] == "object" and event["required"] == ["data"]
+    assert event["properties"]["data"]["contentMediaType"] == "application/json"
     assert document["components"]["responses"]["UsageLimitReached"]["headers"]["Retry-After"]
     websocket = document["paths"]["/v1/responses"]["get"]
     assert set(websocket["responses"]) == {"101", "400", "401", "405", "426"}

@@ -32,6 +32,17 @@ SSE_DESCRIPTION = (
     "With `\"stream\": true`: server-sent events as the upstream sends them, `event: <type>` then "
     "`data: <one-line JSON>`, and a `: keepalive` comment while the upstream is silent. An error after "
     "the first event is an `event: response.failed` (or `event: error`), then the stream ends.")
+# OpenAPI 3.1 reads the schema of an event stream as that of each event.
+SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string", "description": "The event's type (`response.output_text.delta`...)."},
+        "data": {"type": "string", "description": "The event: one line of JSON, as the upstream sent it.",
+                 "contentMediaType": "application/json",
+                 "contentSchema": {"type": "object", "required": ["type"], "properties": {"type": {"type": "string"}}}},
+    },
+    "required": ["data"],
+}
 WEBSOCKET_DESCRIPTION = (
     "The Responses API over a WebSocket (the Codex CLI's transport); a plain GET is answered 405. "
     "After the upgrade, each text message `{\"type\": \"response.create\", ...}` is one request with the "
@@ -141,7 +152,7 @@ def build(shared):
                         "description": "With `conversation`: how many stored items were left out of the turn "
                                        "(the oldest turns, whole).", "schema": {"type": "integer"}}},
                     "content": {"application/json": {"schema": "Response"},
-                                "text/event-stream": {"schema": {"type": "string"}}},
+                                "text/event-stream": {"schema": SSE_EVENT}},
                 },
                 **errors(400, 401, 403, 404, 408, 409, 413, 429, 502, 503),
             },
