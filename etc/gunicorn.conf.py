@@ -46,6 +46,10 @@ proc_name = "responses-proxy"
 _data_dir = os.path.abspath(env("DATA_DIR", "./var"))
 os.makedirs(_data_dir, mode=0o700, exist_ok=True)  # conversations and tokens live there
 control_socket = os.path.join(_data_dir, "gunicorn.ctl")
+# Each worker writes its metrics to files here (prometheus_client's multiprocess mode, which the
+# variable turns on in the workers), and a scrape of /metrics on any worker sums them all.
+metrics_dir = os.path.abspath(env("METRICS_DIR", os.path.join(_data_dir, "metrics")))
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
 # Each stream needs two descriptors (client and upstream); raise the soft limit to the hard one.
 _soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 if _soft < _hard:
@@ -59,6 +63,12 @@ def on_starting(server):
     # database it cannot use.
     if subprocess.run([sys.executable, "-m", "responses_proxy.store.migrate"]).returncode != 0:
         sys.exit(1)
+    # The counts start over with the server (not with a reload, which keeps them): files left by
+    # an earlier run would add its workers' counts, and its gauges, to this one's.
+    os.makedirs(metrics_dir, mode=0o700, exist_ok=True)
+    for name in os.listdir(metrics_dir):
+        if name.endswith(".db"):
+            os.remove(os.path.join(metrics_dir, name))
 
 
 def post_worker_init(worker):
@@ -80,3 +90,11 @@ def worker_exit(server, worker):
     if services is not None:
         services.recorder.flush()
         services.pool.close()
+
+
+def child_exit(server, worker):
+    # A dead worker's counters stay in the sums: what they counted happened. Its gauges (open
+    # streams and WebSockets, which died with it) leave them.
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid, metrics_dir)

@@ -2,7 +2,7 @@
 
 from flask import Flask
 
-from .config import load_config
+from .config import SECRETS, load_config
 from .errors import register_error_handlers
 from .services import EXTENSION, Services
 
@@ -10,7 +10,8 @@ from .services import EXTENSION, Services
 def create_app(config=None):
     """Build the app: settings from the environment, overridden by ``config`` (tests, apps
     that embed this one), then each domain wires itself in."""
-    app = Flask(__name__)
+    # No static files: without a static folder Flask adds no /static route.
+    app = Flask(__name__, static_folder=None)
     settings = configure_settings(app, config)
     configure_logging(app)
     app.extensions[EXTENSION] = Services(settings)
@@ -22,9 +23,9 @@ def create_app(config=None):
 
 def configure_settings(app, overrides):
     settings = load_config(overrides=overrides)
-    # The key that encrypts upstream tokens stays out of Flask's config, which extensions and
-    # debug pages read; the services keep the full settings.
-    app.config.update({name: value for name, value in settings.items() if name != "ENCRYPTION_KEY"})
+    # Secrets (the key that encrypts upstream tokens...) stay out of Flask's config, which
+    # extensions and debug pages read; the services keep the full settings.
+    app.config.update({name: value for name, value in settings.items() if name not in SECRETS})
     return settings
 
 
@@ -41,7 +42,8 @@ def configure_logging(app):
 
 
 def register_domains(app):
-    from . import catalog, cli, conversations, health, keys, observability, pool, responses, usage
+    from . import catalog, cli, conversations, health, keys, metrics, observability, openapi, pool, responses, usage
 
-    for domain in (observability, health, keys, pool, responses, catalog, conversations, usage, cli):
+    for domain in (observability, metrics, health, keys, pool, responses, catalog, conversations, usage, openapi,
+                   cli):
         domain.init_app(app)

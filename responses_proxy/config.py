@@ -12,6 +12,8 @@ from dataclasses import dataclass
 PREFIX = "RESPONSES_PROXY_"
 # Former names still read (new name -> old name), so an upgrade keeps working deploys working.
 RENAMED = {"ENCRYPTION_KEY": "SECRET_KEY"}
+# Settings whose values are never shown (``settings`` prints "(set)") nor put in Flask's config.
+SECRETS = frozenset(("ENCRYPTION_KEY", "METRICS_TOKEN"))
 
 
 class ConfigError(ValueError):
@@ -148,6 +150,9 @@ SETTINGS = (
     Setting("READINESS_CACHE_SECONDS", _positive(float), 1.0,
             "How long each worker keeps the result of its readiness checks (GET /readyz); 0: check every probe."),
     Setting("LOG_LEVEL", _str, "INFO", "Level of the JSON log written to stderr."),
+    Setting("METRICS_TOKEN", _str, None,
+            "When set, GET /metrics answers only requests with 'Authorization: Bearer <this token>' "
+            "(401 otherwise); when unset, /metrics is open. It never takes an API key."),
 )
 
 

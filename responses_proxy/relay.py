@@ -390,6 +390,7 @@ class Relay:
         """What goes out, as an iterable (a WSGI body) whose ``close()`` ends the relay even if
         never iterated."""
         self._generator = self._relay(first)
+        self.exchange.metrics.stream_opened(self.exchange.transport)
         return self
 
     def __iter__(self):
@@ -442,6 +443,7 @@ class Relay:
         if self._ended:
             return
         self._ended = True
+        self.exchange.metrics.stream_closed(self.exchange.transport)
         try:
             if self.tracker.terminal_name is not None:
                 self._source.drain()

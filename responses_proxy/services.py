@@ -17,6 +17,7 @@ class Services:
         from .health.service import Readiness
         from .keys.limits import KeyLimits
         from .keys.service import KeyService
+        from .metrics.service import Metrics
         from .pool import AccountPool
         from .pool.admin import AccountAdmin
         from .responses.schemas import ResponsesRequestSchema
@@ -37,7 +38,8 @@ class Services:
         self.keys = KeyService(self.engine, config["IN_FLIGHT_LEASE_SECONDS"])
         self.limits = KeyLimits(self.engine, config["IN_FLIGHT_LEASE_SECONDS"])
         self.catalog = Catalog(self.client, self.pool, config["MODELS_CACHE_SECONDS"])
-        self.conversations = ConversationService(self.engine, config)
+        self.metrics = Metrics(self.pool, self.catalog)
+        self.conversations = ConversationService(self.engine, config, self.metrics)
         self.usage = UsageService(self.engine)
         self.readiness = Readiness(config["DATABASE_URL"], self.cipher, config["READINESS_CACHE_SECONDS"])
         self.responses = ResponsesService(self.pool, self.client, self.catalog, self.conversations, config)

@@ -3,7 +3,9 @@
 import pytest
 from sqlalchemy.exc import OperationalError
 
+from responses_proxy.catalog.service import Catalog
 from responses_proxy.errors import ApiError, DatabaseUnavailable, UpstreamError
+from responses_proxy.metrics.service import Metrics
 from responses_proxy.relay import SETTLE_FAILED, ClientGone
 from responses_proxy.responses.exchange import Exchange
 from responses_proxy.responses.service import settle
@@ -50,7 +52,7 @@ def recorder():
 
 @pytest.fixture
 def exchange(recorder):
-    exchange = Exchange(recorder, "req_1", "key_1")
+    exchange = Exchange(recorder, "req_1", "key_1", metrics=Metrics(None, Catalog(None, None, 300)))
     exchange.describe({"model": "gpt-5.2", "stream": True})
     return exchange
 

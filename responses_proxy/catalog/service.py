@@ -62,6 +62,11 @@ class Catalog:
         and the upstream itself judges the model."""
         return model in self.slugs() or not self._authoritative
 
+    def listed(self, model):
+        """Whether ``model`` is in the catalog as last fetched (the built-in list until then).
+        Never fetches: it labels metrics at the end of a request."""
+        return model in (self._slugs or FALLBACK_MODELS)
+
     def listing(self, allowed_models=None):
         """The OpenAI list shape, filtered by a key's allowed models."""
         data = [{"id": slug, "object": "model", "created": 0, "owned_by": "openai"}

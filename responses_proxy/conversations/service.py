@@ -65,9 +65,10 @@ class Turn:
     when the client did not ask for it, ``redact`` takes it out of what the client sees.
     """
 
-    def __init__(self, leases, conversation_id, owner, upstream, new_items, dropped, redact):
+    def __init__(self, leases, conversation_id, owner, upstream, new_items, dropped, redact, metrics):
         self.engine = leases.engine
         self._leases = leases
+        self._metrics = metrics
         self.conversation_id = conversation_id
         self.owner = owner
         self.upstream = upstream
@@ -87,13 +88,16 @@ class Turn:
             store.append(self.engine, self.conversation_id, list(self.new_items) + list(output_items),
                          release_owner=self.owner)
         except BaseException:
+            self._metrics.turn("failed")
             self._leases.release(self.owner, self.conversation_id)
             raise
+        self._metrics.turn("committed")
 
     def abort(self):
         """The turn failed or was cut off: the conversation stays exactly as it was."""
         if not self._done:
             self._done = True
+            self._metrics.turn("aborted")
             self._leases.release(self.owner, self.conversation_id)
 
 
@@ -181,8 +185,9 @@ def without_encrypted(value):
 
 
 class ConversationService:
-    def __init__(self, engine, config):
+    def __init__(self, engine, config, metrics):
         self.engine = engine
+        self.metrics = metrics
         self.max_items = config["CONVERSATION_MAX_ITEMS"]
         self.leases = TurnLeases(engine, config["CONVERSATION_TURN_LEASE_SECONDS"])
 
@@ -207,6 +212,7 @@ class ConversationService:
             raise not_found()
         owner = secrets.token_hex(8)
         if not store.acquire_turn(self.engine, conversation_id, owner, self.leases.seconds):
+            self.metrics.conflict("turn")
             raise Conflict("Another turn of this conversation is in progress; retry when it has finished.",
                            param="conversation", code="conversation_busy")
         self.leases.hold(owner, conversation_id)
@@ -223,7 +229,7 @@ class ConversationService:
         if "reasoning.encrypted_content" not in include:
             prepared["include"] = include + ["reasoning.encrypted_content"]
             redact = without_encrypted
-        return Turn(self.leases, conversation_id, owner, prepared, new_items, dropped, redact)
+        return Turn(self.leases, conversation_id, owner, prepared, new_items, dropped, redact, self.metrics)
 
     # -- the Conversations API ------------------------------------------------------------
 
@@ -256,6 +262,7 @@ class ConversationService:
         check_sendable(items, "items")
         owner = secrets.token_hex(8)
         if not store.acquire_turn(self.engine, conversation_id, owner, ITEMS_LEASE_SECONDS):
+            self.metrics.conflict("items")
             raise Conflict("A turn of this conversation is in progress; add items when it has finished.",
                            param="conversation", code="conversation_busy")
         try:

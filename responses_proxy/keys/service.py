@@ -15,9 +15,8 @@ class KeyService:
     def authenticate(self, header):
         """(the key row for an ``Authorization`` header value, the accounts version read with
         it in the same query), or ``InvalidApiKey``."""
-        scheme, _, token = (header or "").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
+        token = bearer_token(header)
+        if not token:
             raise InvalidApiKey("Missing API key: send it as 'Authorization: Bearer <key>'.")
         key, accounts_version = store.find_active_with_accounts_version(self.engine, token)
         if key is None:
@@ -55,3 +54,9 @@ class KeyService:
     def revoke(self, key_id):
         """False when there is no such unrevoked key."""
         return store.revoke(self.engine, key_id)
+
+
+def bearer_token(header):
+    """The token of an ``Authorization: Bearer <token>`` header value ("" when it has none)."""
+    scheme, _, token = (header or "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""

@@ -18,8 +18,9 @@ log = logging.getLogger("responses_proxy.request")
 
 
 class Exchange:
-    def __init__(self, recorder, request_id, key_id, transport="http"):
+    def __init__(self, recorder, request_id, key_id, transport="http", *, metrics):
         self._recorder = recorder
+        self.metrics = metrics
         self.transport = transport  # "http" or "websocket", for the request's log line
         self.started = time.perf_counter()
         self.row = {"created_at": time.time(), "request_id": request_id, "key_id": key_id, "model": None,
@@ -120,5 +121,6 @@ class Exchange:
         if usage:
             row.update(usage)
         self._recorder.record(row)
+        self.metrics.exchange(self.transport, row)
         if log.isEnabledFor(logging.INFO):
             log.info("response", extra={"fields": {**row, "transport": self.transport, "decisions": self.decisions}})

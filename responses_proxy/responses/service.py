@@ -119,6 +119,7 @@ class ResponsesService:
             except AttemptFailed as failed:
                 last_error = failed.error
                 exchange.decide("failover", account=account.id, reason=last_error.code)
+                exchange.metrics.failover(last_error.code)
         if isinstance(last_error, UsageLimitReached):
             exhausted = self.pool.unavailable()
             raise exhausted if isinstance(exhausted, UsageLimitReached) else last_error
@@ -146,9 +147,11 @@ class ResponsesService:
             response = self.client.open_responses(account.credentials, payload, headers)
         except UpstreamUnavailable as exc:
             exchange.release_slot()
+            exchange.metrics.upstream_unreachable(account.id)
             error = UpstreamError(f"The upstream is unreachable: {exc}.")
             self.pool.note_error(account, error.message)
             raise AttemptFailed(error) from None
+        exchange.metrics.upstream_answered(account.id, response.status_code)
         if response.status_code == 200:
             exchange.row["account_id"] = account.id
         else:
@@ -162,6 +165,7 @@ class ResponsesService:
         if isinstance(error, UsageLimitReached):
             self.pool.cool_down(account, error.extra["resets_at"], error.message)
             exchange.decide("cooldown", account=account.id, until=error.extra["resets_at"])
+            exchange.metrics.cooldown(account.id)
             return AttemptFailed(error)
         if isinstance(error, UpstreamError):
             self.pool.note_error(account, error.message)
@@ -181,10 +185,12 @@ class ResponsesService:
         except RefreshFailed as exc:
             exchange.decide("refresh_failed", account=account.id, reason=reason, error=str(exc),
                             permanent=exc.permanent)
+            exchange.metrics.refresh("needs_relogin" if exc.permanent else "failed")
             if required or exc.permanent or not still_valid:
                 raise AttemptFailed(UpstreamError(f"The upstream account could not be refreshed: {exc}.")) from None
             return account
         exchange.decide("refresh", account=account.id, reason=reason)
+        exchange.metrics.refresh("ok")
         return fresh
 
     # -- relaying ------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ bp = Blueprint("responses", __name__, url_prefix="/v1")
 @require_api_key
 def create_response():
     shared = services()
-    exchange = g.exchange = Exchange(shared.recorder, g.request_id, g.api_key["id"])
+    exchange = g.exchange = Exchange(shared.recorder, g.request_id, g.api_key["id"], metrics=shared.metrics)
     try:
         # Before the body is even read: a request over its key's limits costs little.
         exchange.admit(shared.limits.admit(g.api_key))

@@ -193,7 +193,10 @@ class WebSocket(simple_websocket.Server):
 
 class Handled(Response):
     """The view's answer once the connection it took over has ended: no HTTP response may be
-    written on that socket. gunicorn closes the connection on ``StopIteration``."""
+    written on that socket. gunicorn closes the connection on ``StopIteration``. Its status
+    says what became of the request (the metrics count the WebSocket's requests instead)."""
+
+    default_status = 101
 
     def __call__(self, environ, start_response):
         raise StopIteration()
@@ -261,6 +264,7 @@ class Session:
     def run(self):
         """Serve the connection's messages until it ends; returns why it ended."""
         self.sessions.add(self)
+        self.shared.metrics.websocket_opened()
         try:
             while True:
                 if self.sessions.stopping:
@@ -287,6 +291,7 @@ class Session:
         except ClientGone:
             return "client gone"
         finally:
+            self.shared.metrics.websocket_closed()
             self.sessions.discard(self)
 
     def leave(self):
@@ -310,7 +315,8 @@ class Session:
             return True
         self.requests += 1
         # A supplied request id may be 64 characters long, the column's size.
-        exchange = Exchange(self.shared.recorder, f"{self.id[:52]}.{self.requests}", key["id"], "websocket")
+        exchange = Exchange(self.shared.recorder, f"{self.id[:52]}.{self.requests}", key["id"], "websocket",
+                            metrics=self.shared.metrics)
         try:
             # The key's limits hold over a WebSocket as for a POST: each request counts.
             exchange.admit(self.shared.limits.admit(key))
