@@ -2,7 +2,7 @@
 
 from flask import Flask
 
-from .config import load_config
+from .config import SECRETS, load_config
 from .errors import register_error_handlers
 from .services import EXTENSION, Services
 
@@ -22,9 +22,9 @@ def create_app(config=None):
 
 def configure_settings(app, overrides):
     settings = load_config(overrides=overrides)
-    # The key that encrypts upstream tokens stays out of Flask's config, which extensions and
-    # debug pages read; the services keep the full settings.
-    app.config.update({name: value for name, value in settings.items() if name != "ENCRYPTION_KEY"})
+    # Secrets (the key that encrypts upstream tokens, the admin token) stay out of Flask's config,
+    # which extensions and debug pages read; the services keep the full settings.
+    app.config.update({name: value for name, value in settings.items() if name not in SECRETS})
     return settings
 
 

@@ -10,7 +10,7 @@ from flask.cli import AppGroup, ScriptInfo, with_appcontext
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from .config import PREFIX, SETTINGS
+from .config import PREFIX, SECRETS, SETTINGS
 from .services import services
 from .store import describe_error, migrate
 
@@ -95,7 +95,7 @@ def settings(as_json):
     values = {}
     for setting in SETTINGS:
         value = services().settings[setting.name]
-        if setting.name == "ENCRYPTION_KEY" and value:
+        if setting.name in SECRETS and value:
             value = "(set)"
         elif setting.name == "DATABASE_URL":
             value = make_url(value).render_as_string(hide_password=True)
