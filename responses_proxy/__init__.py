@@ -41,7 +41,7 @@ def configure_logging(app):
 
 
 def register_domains(app):
-    from . import catalog, cli, conversations, health, keys, observability, pool, responses, usage
+    from . import catalog, cli, conversations, health, keys, observability, pool, responses, status, usage
 
-    for domain in (observability, health, keys, pool, responses, catalog, conversations, usage, cli):
+    for domain in (observability, health, keys, pool, responses, catalog, conversations, usage, status, cli):
         domain.init_app(app)
