@@ -5,7 +5,7 @@ PYTHON ?= python3
 CODEX_VERSION ?= 0.169.0
 CODEX_DIR = .cache/codex
 
-.PHONY: serve test bench install dev codex clean
+.PHONY: serve test bench install dev codex browser clean
 
 # Runtime only: what `make serve` needs.
 $(VENV)/.installed: requirements.txt
@@ -30,7 +30,15 @@ codex:
 	  npm install --silent --no-audit --no-fund --prefix $(CODEX_DIR) @openai/codex@$(CODEX_VERSION) \
 	  || echo "could not install the Codex CLI: its live tests will be skipped"; fi
 
-test: dev codex
+# The browser the status page's end-to-end test drives: Debian's Chromium and its chromedriver,
+# installed when missing and apt-get is there (as root). Without them that test skips, or fails
+# under CI=true.
+browser:
+	@if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } && command -v apt-get >/dev/null; then \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+	  || echo "could not install Chromium: the status page's browser test will be skipped (failed under CI=true)"; fi
+
+test: dev codex browser
 	PATH="$(CURDIR)/$(CODEX_DIR)/node_modules/.bin:$$PATH" $(VENV)/bin/python -m pytest -q -p no:cacheprovider
 
 bench: dev

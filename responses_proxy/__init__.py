@@ -23,8 +23,8 @@ def create_app(config=None):
 
 def configure_settings(app, overrides):
     settings = load_config(overrides=overrides)
-    # Secrets (the key that encrypts upstream tokens...) stay out of Flask's config, which
-    # extensions and debug pages read; the services keep the full settings.
+    # Secrets (the key that encrypts upstream tokens, the metrics and admin tokens) stay out of
+    # Flask's config, which extensions and debug pages read; the services keep the full settings.
     app.config.update({name: value for name, value in settings.items() if name not in SECRETS})
     return settings
 
@@ -42,8 +42,21 @@ def configure_logging(app):
 
 
 def register_domains(app):
-    from . import catalog, cli, conversations, health, keys, metrics, observability, openapi, pool, responses, usage
+    from . import (
+        catalog,
+        cli,
+        conversations,
+        health,
+        keys,
+        metrics,
+        observability,
+        openapi,
+        pool,
+        responses,
+        status,
+        usage,
+    )
 
     for domain in (observability, metrics, health, keys, pool, responses, catalog, conversations, usage, openapi,
-                   cli):
+                   status, cli):
         domain.init_app(app)

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 PREFIX = "RESPONSES_PROXY_"
 # Former names still read (new name -> old name), so an upgrade keeps working deploys working.
 RENAMED = {"ENCRYPTION_KEY": "SECRET_KEY"}
-# Settings whose values are never shown (``settings`` prints "(set)") nor put in Flask's config.
-SECRETS = frozenset(("ENCRYPTION_KEY", "METRICS_TOKEN"))
+# Settings whose values are secrets: kept out of Flask's config (which extensions and debug pages
+# read) and masked wherever settings are shown ("(set)").
+SECRETS = frozenset({"ENCRYPTION_KEY", "METRICS_TOKEN", "ADMIN_TOKEN"})
+ADMIN_TOKEN_MIN_LENGTH = 16
 
 
 class ConfigError(ValueError):
@@ -39,6 +41,13 @@ def _switch(value):
     if lowered in ("off", "0", "false", "no"):
         return False
     raise ValueError(f"expected on or off: {value!r}")
+
+
+def _admin_token(value):
+    # The login form takes guesses at network speed: a short token would fall to them.
+    if len(value) < ADMIN_TOKEN_MIN_LENGTH:
+        raise ValueError(f"must be at least {ADMIN_TOKEN_MIN_LENGTH} characters long")
+    return value
 
 
 def _positive(parse):
@@ -89,6 +98,9 @@ SETTINGS = (
     Setting("ENCRYPTION_KEY", _str, None,
             "Key that encrypts upstream tokens at rest; default: generated once into DATA_DIR/secret.key "
             "(mode 0600). RESPONSES_PROXY_SECRET_KEY, its former name, is still read when this is unset."),
+    Setting("ADMIN_TOKEN", _admin_token, None,
+            "Token that opens the operator's status page (GET /status), as a bearer token or through its "
+            "login form; at least 16 characters. Unset: the page is off (404)."),
     Setting("UPSTREAM_BASE_URL", _str, "https://chatgpt.com/backend-api",
             "Codex backend; requests go to {base}/codex/responses, models come from {base}/codex/models."),
     Setting("AUTH_BASE_URL", _str, "https://auth.openai.com",

@@ -3,6 +3,7 @@
 import base64
 import binascii
 import hashlib
+import hmac
 import os
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -63,7 +64,21 @@ def load_or_create_key(data_dir: str) -> bytes:
         return fernet_key(handle.read().strip().decode("ascii"))
 
 
-def cipher_for(config) -> TokenCipher:
+def encryption_key(config) -> bytes:
+    """The key of the upstream tokens: the setting's, else the one in ``DATA_DIR/secret.key``."""
     if config.get("ENCRYPTION_KEY"):
-        return TokenCipher(fernet_key(config["ENCRYPTION_KEY"]))
-    return TokenCipher(load_or_create_key(config["DATA_DIR"]))
+        return fernet_key(config["ENCRYPTION_KEY"])
+    return load_or_create_key(config["DATA_DIR"])
+
+
+def cipher_for(config) -> TokenCipher:
+    return TokenCipher(encryption_key(config))
+
+
+def session_key(config) -> bytes:
+    """The key Flask signs session cookies with (the status page's login): an HMAC of the admin
+    token under the encryption key, with a label of its own. It is never the encryption key
+    itself; a new admin token signs every session out; and a cookie lets no one test guesses
+    of the token offline without the encryption key as well."""
+    return hmac.new(encryption_key(config), b"responses-proxy session cookie\0" + config["ADMIN_TOKEN"].encode(),
+                    hashlib.sha256).digest()

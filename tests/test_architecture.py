@@ -18,7 +18,7 @@ LAYERS = [
     {"items", "relay", "requestbody", "services"},
     {"cli", "auth", "observability"},
     {"pool", "keys", "conversations", "catalog", "usage"},
-    {"health", "responses", "metrics", "openapi"},
+    {"health", "responses", "metrics", "openapi", "status"},
     {"__init__"},
 ]
 

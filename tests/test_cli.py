@@ -402,6 +402,21 @@ def test_settings(runner):
     assert all(name.startswith("RESPONSES_PROXY_") for name in values)
 
 
+def test_settings_mask_the_admin_token(tmp_path, upstream):
+    token = "admin-token-shown-nowhere"
+    app = make_app(tmp_path, upstream.base_url, ADMIN_TOKEN=token)
+    try:
+        text = ok(run(app.test_cli_runner(), "settings"))
+        values = json.loads(ok(run(app.test_cli_runner(), "settings", "--json")))
+    finally:
+        app.extensions["responses_proxy"].engine.dispose()
+
+    assert values["RESPONSES_PROXY_ADMIN_TOKEN"] == "(set)"
+    assert "RESPONSES_PROXY_ADMIN_TOKEN=(set)" in text
+    assert token not in text and token not in json.dumps(values)
+    assert "ADMIN_TOKEN" not in app.config
+
+
 def test_settings_show_every_setting_the_readme_documents(runner):
     """The README's table of the app's settings and `settings --json` name the same settings."""
     with open(os.path.join(ROOT, "README.md")) as handle:

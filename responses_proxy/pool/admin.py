@@ -1,11 +1,13 @@
 """The accounts as an operator manages them: import logins, list them with their recent use,
-take them out of rotation and back, remove them."""
+take them out of rotation and back, remove them; and the words every listing (the ``accounts``
+commands, the status page) describes them with."""
 
 import time
 
+from ..cli import when
 from ..store import accounts as store
 from ..store import usage as usage_store
-from .accounts import account_state
+from .accounts import COOLING_DOWN, NEEDS_RELOGIN, account_state
 
 
 class AccountAdmin:
@@ -47,3 +49,18 @@ class AccountAdmin:
 
     def remove(self, account_id):
         return store.remove(self.engine, account_id)
+
+
+def describe_state(row):
+    """An account's state in words, as listings show it."""
+    if row["state"] == COOLING_DOWN:
+        return "cooling down until " + when(row["cooldown_until"])
+    return {NEEDS_RELOGIN: "needs re-login"}.get(row["state"], row["state"])
+
+
+def describe_window(window):
+    """A plan window (``quota["primary"]`` or ``["secondary"]``) in words: "37% (resets <time>)"."""
+    if not isinstance(window, dict) or window.get("used_percent") is None:
+        return "-"
+    resets = f" (resets {when(window['resets_at'])})" if window.get("resets_at") else ""
+    return f"{window['used_percent']:.0f}%{resets}"

@@ -2,11 +2,11 @@
 
 import click
 
-from ..cli import Group, emit, json_option, table, uses_database, when
+from ..cli import Group, emit, json_option, table, uses_database
 from ..services import services
 from ..store.accounts import ACTIVE, DISABLED
 from ..upstream.credentials import CredentialsError, parse_auth_json
-from .accounts import COOLING_DOWN, NEEDS_RELOGIN
+from .admin import describe_state, describe_window
 
 accounts_cli = Group("accounts", help="Import, list and remove the upstream ChatGPT accounts.")
 
@@ -35,20 +35,6 @@ def accounts_import(paths, as_json):
     emit(results[0] if len(results) == 1 else results, as_json, "\n".join(
         f"{'imported' if row['created'] else 'updated'} {row['id']} "
         f"({row['email'] or 'no email'}, plan {row['plan'] or 'unknown'})" for row in results))
-
-
-def describe_state(row):
-    """An account's state in words, as listings show it."""
-    if row["state"] == COOLING_DOWN:
-        return "cooling down until " + when(row["cooldown_until"])
-    return {NEEDS_RELOGIN: "needs re-login"}.get(row["state"], row["state"])
-
-
-def describe_window(window):
-    if not isinstance(window, dict) or window.get("used_percent") is None:
-        return "-"
-    resets = f" (resets {when(window['resets_at'])})" if window.get("resets_at") else ""
-    return f"{window['used_percent']:.0f}%{resets}"
 
 
 @accounts_cli.command("list")
