@@ -249,6 +249,33 @@ def check_sendable(items, param):
     to_json({"input": items}, param)
 
 
+# -- what only one upstream account can read -------------------------------------------------------
+# The backend encrypts reasoning and compaction items for the account that produced them: any
+# other account refuses them (400 "could not be verified"), and a reasoning item reduced to its
+# id is looked up among stored items, which do not exist with ``store: false`` (404).
+
+COMPACTION = "compaction"
+COMPACTION_TRIGGER = "compaction_trigger"
+ACCOUNT_BOUND_TYPES = ("reasoning", COMPACTION)
+
+
+def account_bound(item):
+    """Whether only the account that issued ``item`` can take it back: a compaction item, or a
+    reasoning item with encrypted content or an id."""
+    kind = item.get("type")
+    if kind == "reasoning":
+        return item.get("encrypted_content") is not None or item.get("id") is not None
+    return kind == COMPACTION
+
+
+def without_account_bound(items):
+    """(items, how many were left out) without the account-bound ones (``items`` itself when none is)."""
+    kept = [item for item in items if not account_bound(item)]
+    if len(kept) == len(items):
+        return items, 0
+    return kept, len(items) - len(kept)
+
+
 # -- normalization --------------------------------------------------------------------------------
 # Pure functions over dicts: an item is copied only when something in it changes, so a long
 # Codex history costs a loop, not a deep copy, and the client's body is never mutated.

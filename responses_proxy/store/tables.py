@@ -104,8 +104,13 @@ conversation_items = Table(
     Column("call_id", String(200), nullable=True),
     Column("data", Text, nullable=False),  # the item as JSON, exactly as sent upstream
     Column("created_at", Float, nullable=False),
+    # The account that served the turn which added the item: only that account can read its
+    # encrypted content. NULL when unknown (items added through the Conversations API).
+    Column("account_id", String(32), nullable=True),
     Index("ix_conversation_items_position", "conversation_id", "position", unique=True),
     Index("ix_conversation_items_item", "conversation_id", "item_id"),
+    # The latest compaction item of a conversation, without reading its other items.
+    Index("ix_conversation_items_type", "conversation_id", "type", "position"),
 )
 
 usage = Table(

@@ -1,0 +1,24 @@
+"""Which account issued each conversation item, and the compaction items found by index.
+
+Revision ID: 0004
+Revises: 0003
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    with op.batch_alter_table("conversation_items") as batch:
+        batch.add_column(sa.Column("account_id", sa.String(32), nullable=True))
+    op.create_index("ix_conversation_items_type", "conversation_items", ["conversation_id", "type", "position"])
+
+
+def downgrade():
+    op.drop_index("ix_conversation_items_type", "conversation_items")
+    with op.batch_alter_table("conversation_items") as batch:
+        batch.drop_column("account_id")
