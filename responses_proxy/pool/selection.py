@@ -55,7 +55,7 @@ class Selector:
 
     # -- choosing ----------------------------------------------------------------------------
 
-    def pick(self, usable, cache_key, follow, now):
+    def pick(self, usable, cache_key, follow, now, prefer=None):
         """(account, decision) among ``usable`` (not empty); see ``AccountPool.choose``."""
         sticky = None
         if cache_key and follow:
@@ -64,17 +64,27 @@ class Selector:
             if sticky not in usable_ids:
                 # Another worker may already have moved this key: follow it there too.
                 sticky = self._affinity_lookup(cache_key, now, fresh=True) or sticky
-            for account in usable:
-                if account.id == sticky:
-                    self._affinity_remember(cache_key, sticky, now, changed=False)
-                    return account, {"event": "account", "account": sticky, "affinity": "hit"}
-        remote = self._remote_loads(now)
-        recent = self._recent_usage(now)
-        chosen = min(usable, key=lambda account: self._busyness(account, remote, recent))
+        chosen = None
+        if prefer is not None:
+            chosen = next((account for account in usable if account.id == prefer), None)
+        if chosen is None and sticky is not None:
+            chosen = next((account for account in usable if account.id == sticky), None)
+        if chosen is None:
+            remote = self._remote_loads(now)
+            recent = self._recent_usage(now)
+            chosen = min(usable, key=lambda account: self._busyness(account, remote, recent))
         decision = {"event": "account", "account": chosen.id}
+        if chosen.id == prefer:
+            decision["turn_state"] = "issuer"
         if cache_key:
-            decision["affinity"] = "moved" if sticky else "new"
-            self._affinity_remember(cache_key, chosen.id, now, changed=follow)
+            if chosen.id == sticky:
+                decision["affinity"] = "hit"
+            elif sticky:
+                decision["affinity"] = "moved"
+                decision["from"] = sticky  # what the thread's items were issued by
+            else:
+                decision["affinity"] = "new"
+            self._affinity_remember(cache_key, chosen.id, now, changed=follow and chosen.id != sticky)
         return chosen, decision
 
     def _busyness(self, account, remote, recent):
@@ -122,6 +132,15 @@ class Selector:
                                                     "updated_at": now}])
         elif previous is None or previous[0] != account_id or now - previous[1] > AFFINITY_TRUST_SECONDS:
             self._affinity_touch[cache_key] = (account_id, now)
+
+    def owner(self, key, now):
+        """The account a turn state was issued by (``key``: see ``affinity.turn_state_key``), or None."""
+        return self._affinity_lookup(key, now)
+
+    def remember_owner(self, key, account_id, now):
+        cached = self._affinity.get(key)
+        # Written at once: the turn's next request may reach another worker within milliseconds.
+        self._affinity_remember(key, account_id, now, changed=cached is None or cached[0] != account_id)
 
     def take_affinity_touches(self):
         """The affinity timestamps to write, handed over once (the upkeep writes them in batches)."""
