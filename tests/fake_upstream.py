@@ -269,7 +269,8 @@ class FakeUpstream:
     # -- what is bound to an account -------------------------------------------------------
 
     def _mac(self, account, kind, nonce):
-        secret = hmac.new(self._master, account.encode(), hashlib.sha256).digest()  # the account's own
+        # The account's own secret (a request without an account has one too: the empty name's).
+        secret = hmac.new(self._master, (account or "").encode(), hashlib.sha256).digest()
         return hmac.new(secret, kind + nonce, hashlib.sha256).digest()[:16]
 
     def issue(self, account, kind=b"content", seed=None):
@@ -408,8 +409,9 @@ class FakeUpstream:
                 token = (self.headers.get("Authorization") or "").partition(" ")[2]
                 if token in fake.rejected_tokens:
                     return self._json(401, {"detail": "Could not validate your token."})
-                with fake._lock:
-                    fake._accounts.add(account)
+                if account is not None:
+                    with fake._lock:
+                        fake._accounts.add(account)
                 # Checked before a behaviour is taken: the request that follows a refusal gets it.
                 refused = fake.refusal(body, {key.lower(): value for key, value in self.headers.items()},
                                        account) if isinstance(body, dict) else None
