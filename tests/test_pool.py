@@ -258,6 +258,19 @@ def test_the_issuer_of_a_turn_state_serves_before_the_cache_key_and_takes_it_alo
     assert other.choose(prefer=b["id"]) == (chosen, {"event": "account", "account": b["id"], "turn_state": "issuer"})
 
 
+def test_a_turn_states_issuer_needs_no_query_once_known_and_is_kept_while_in_use(services, monkeypatch):
+    selector = selection.Selector(services.engine, upkeep.Worker(), 1800.0)
+    now = time.time()
+    selector.remember_owner("turn-state-key", "acct_a", now)
+    assert pool_state.affinity_get(services.engine, "turn-state-key", 0) == "acct_a"
+    selector.take_affinity_touches()
+    queries = []
+    monkeypatch.setattr(pool_state, "affinity_get", lambda *args: queries.append(args))
+    assert selector.owner("turn-state-key", now + 600) == "acct_a" and queries == []
+    # Used, so its row is touched (written by the upkeep): a long turn outlives the TTL.
+    assert selector.take_affinity_touches() == {"turn-state-key": ("acct_a", now + 600)}
+
+
 # --- each worker's upkeep ---------------------------------------------------------------------------
 
 def upkeep_threads():

@@ -135,7 +135,12 @@ class Selector:
 
     def owner(self, key, now):
         """The account a turn state was issued by (``key``: see ``affinity.turn_state_key``), or None."""
-        return self._affinity_lookup(key, now)
+        cached = self._affinity.get(key)
+        # An issuer never changes: once known here, it needs no query.
+        account_id = cached[0] if cached else self._affinity_lookup(key, now)
+        if account_id:
+            self._affinity_remember(key, account_id, now, changed=False)  # in use: kept past the TTL
+        return account_id
 
     def remember_owner(self, key, account_id, now):
         cached = self._affinity.get(key)
