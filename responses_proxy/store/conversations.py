@@ -4,7 +4,7 @@ import secrets
 import time
 
 import orjson
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import Integer, bindparam, delete, func, insert, or_, select, update
 
 from ..items import ACCOUNT_BOUND_TYPES, COMPACTION
 from . import take_lease, write
@@ -142,6 +142,16 @@ def _history(conversation_id, readable_by, unknown_readable):
     return clauses
 
 
+def _history_query(where):
+    columns = conversation_items.c
+    return (select(columns.turn, columns.type, columns.call_id, columns.data, columns.account_id).where(*where)
+            .order_by(columns.position.desc()).limit(bindparam("limit", type_=Integer)))
+
+
+# Every turn of every conversation runs this one: built once.
+HISTORY = _history_query(_history(bindparam("conversation_id"), None, True))
+
+
 def load_history(engine, conversation_id, budget, readable_by=None, unknown_readable=True):
     """The stored items a turn can send, in order: [(turn, type, call_id, data, account_id)].
 
@@ -156,12 +166,14 @@ def load_history(engine, conversation_id, budget, readable_by=None, unknown_read
 
     One query, on indexes: the items before the history, or older than the budget, are not read.
     """
-    columns = conversation_items.c
+    parameters = {"limit": budget + 1}
+    if readable_by is None:
+        query = HISTORY
+        parameters["conversation_id"] = conversation_id
+    else:
+        query = _history_query(_history(conversation_id, readable_by, unknown_readable))
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(columns.turn, columns.type, columns.call_id, columns.data, columns.account_id)
-            .where(*_history(conversation_id, readable_by, unknown_readable))
-            .order_by(columns.position.desc()).limit(budget + 1)).all()
+        rows = conn.execute(query, parameters).all()
     rows.reverse()
     return rows
 
