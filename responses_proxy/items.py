@@ -40,6 +40,10 @@ STORED_STRINGS = {"id": (100, "an item id"), "type": (64, "an item type"), "call
 # Chat-format leftovers that the Responses API has no place for inside input items.
 CHAT_ONLY_ITEM_FIELDS = frozenset(("reasoning_content", "reasoning_details", "tool_calls", "function_call"))
 CONTENT_PART_TYPES = frozenset(("input_text", "input_image", "input_file", "input_audio"))
+# Remote compaction: an input ending with the trigger is answered with one compaction item,
+# which stands for the history before it from then on.
+COMPACTION = "compaction"
+COMPACTION_TRIGGER = "compaction_trigger"
 
 
 def is_conversation_id(value):
@@ -218,6 +222,15 @@ def check_storable(items, path="input"):
                                                      "same id; the items of one request need ids of their own.")
 
 
+def check_added(items, path="items"):
+    """Raise ``InvalidRequest`` about a ``compaction_trigger`` among items added to a conversation
+    directly: it asks a response for a compaction, and is nothing a history could hold."""
+    for index, item in enumerate(items):
+        if item.get("type") == COMPACTION_TRIGGER:
+            raise refusal(f"{path}[{index}].type", "Invalid value for '{param}': a compaction_trigger asks a "
+                                                   "response for a compaction item; a conversation does not store it.")
+
+
 def stored_string_problem(value, name):
     """What keeps ``value`` out of the column of the item field ``name`` (see STORED_STRINGS)."""
     limit, what = STORED_STRINGS[name]
@@ -254,8 +267,6 @@ def check_sendable(items, param):
 # other account refuses them (400 "could not be verified"), and a reasoning item reduced to its
 # id is looked up among stored items, which do not exist with ``store: false`` (404).
 
-COMPACTION = "compaction"
-COMPACTION_TRIGGER = "compaction_trigger"
 ACCOUNT_BOUND_TYPES = ("reasoning", COMPACTION)
 
 

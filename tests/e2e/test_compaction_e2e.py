@@ -129,3 +129,16 @@ def test_compaction_items_are_accepted_by_the_conversations_api(e2e, upstream):
     assert reply.status_code == 200, reply.text
     turn(e2e, conversation, "now")
     assert upstream.response_requests()[-1]["body"]["input"] == [compaction, user("after"), user("now")]
+
+
+@pytest.mark.parametrize("path", ["/v1/conversations", "/v1/conversations/{id}/items"])
+def test_a_compaction_trigger_is_not_an_item_a_conversation_stores(e2e, upstream, path):
+    conversation = new_conversation(e2e)
+    reply = requests.post(e2e.url + path.format(id=conversation), headers={"Authorization": f"Bearer {e2e.key}"},
+                          json={"items": [user("hi"), TRIGGER]}, timeout=10)
+    assert reply.status_code == 400
+    assert reply.json()["error"] == {
+        "message": "Invalid value for 'items[1].type': a compaction_trigger asks a response for a compaction item; "
+                   "a conversation does not store it.",
+        "type": "invalid_request_error", "code": "invalid_request_error", "param": "items[1].type"}
+    assert all_items(e2e, conversation) == []
