@@ -258,11 +258,32 @@ def test_the_issuer_of_a_turn_state_serves_before_the_cache_key_and_takes_it_alo
     assert other.choose(prefer=b["id"]) == (chosen, {"event": "account", "account": b["id"], "turn_state": "issuer"})
 
 
+def test_a_moved_threads_boundary_is_shared_and_a_new_move_clears_it(services):
+    add_account(services, account_id="acct-a")
+    add_account(services, account_id="acct-b")
+    pool, other = services.pool, another_worker(services)
+    home, _ = pool.choose("thread-1")
+    account_store.set_cooldown(services.engine, home.id, time.time() + 60, "usage limit")
+    moved, decision = pool.choose("thread-1")
+    assert decision["affinity"] == "moved" and pool.boundary_of("thread-1") is None
+    pool.set_boundary("thread-1", moved.id, "m" * 64)
+    assert pool.boundary_of("thread-1") == "m" * 64
+    # Another worker finds it with the account, in the same lookup.
+    assert other.choose("thread-1")[1]["affinity"] == "hit" and other.boundary_of("thread-1") == "m" * 64
+    assert pool.choose("thread-1")[0].id == moved.id and pool.boundary_of("thread-1") == "m" * 64
+
+    account_store.set_cooldown(services.engine, home.id, None, "")
+    account_store.set_cooldown(services.engine, moved.id, time.time() + 60, "usage limit")
+    assert other.choose("thread-1")[1]["affinity"] == "moved" and other.boundary_of("thread-1") is None
+    third = another_worker(services)
+    assert third.choose("thread-1")[1]["affinity"] == "hit" and third.boundary_of("thread-1") is None
+
+
 def test_a_turn_states_issuer_needs_no_query_once_known_and_is_kept_while_in_use(services, monkeypatch):
     selector = selection.Selector(services.engine, upkeep.Worker(), 1800.0)
     now = time.time()
     selector.remember_owner("turn-state-key", "acct_a", now)
-    assert pool_state.affinity_get(services.engine, "turn-state-key", 0) == "acct_a"
+    assert pool_state.affinity_get(services.engine, "turn-state-key", 0) == ("acct_a", None)
     selector.take_affinity_touches()
     queries = []
     monkeypatch.setattr(pool_state, "affinity_get", lambda *args: queries.append(args))

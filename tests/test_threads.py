@@ -5,7 +5,7 @@ import orjson
 import pytest
 
 from responses_proxy.items import account_bound, without_account_bound
-from responses_proxy.responses.threads import Outbound, names_unreadable_items, turn_state_of
+from responses_proxy.responses.threads import Outbound, item_mark, names_unreadable_items, turn_state_of
 from responses_proxy.upstream.client import upstream_headers
 
 USER = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}
@@ -64,6 +64,24 @@ def test_a_moved_thread_drops_what_its_previous_account_issued():
     assert outbound.body["input"] == [USER, REASONING, COMPACTION, USER]  # the request itself is left alone
     # Nothing to drop: the same bytes.
     assert Outbound(body(), {}).prepare(Exchange(), "acc_b", moved_from="acc_a").payload == orjson.dumps(body())
+
+
+def test_a_moved_thread_remembers_where_the_previous_accounts_items_end():
+    later = {"type": "reasoning", "id": "rs_2", "summary": [], "encrypted_content": "gAAAAB-z"}
+    moved = Outbound(body(REASONING, COMPACTION, USER), {}).prepare(Exchange(), "acc_b", moved_from="acc_a")
+    assert moved.boundary == item_mark(COMPACTION)
+
+    # Its client goes on sending them, followed by what the new account issued.
+    outbound = Outbound(body(REASONING, COMPACTION, USER, later, USER), {})
+    exchange = Exchange()
+    prepared = outbound.prepare(exchange, "acc_b", boundary=moved.boundary)
+    assert orjson.loads(prepared.payload)["input"] == [USER, USER, later, USER] and prepared.boundary is None
+    assert exchange.decisions == [{"event": "dropped_earlier", "account": "acc_b", "dropped": 2}]
+    # After a compaction the marked item is gone: what remains is the new account's.
+    after = Outbound(body(later, USER), {})
+    assert after.prepare(Exchange(), "acc_b", boundary=moved.boundary).payload is after.payload
+    # An item without an id is marked by its content.
+    assert item_mark({"type": "reasoning", "encrypted_content": "gAAAAB-z"}) != item_mark(later)
 
 
 def test_a_turn_state_goes_to_its_issuer_only():

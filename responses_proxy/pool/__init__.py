@@ -75,6 +75,16 @@ class AccountPool:
     def remember_owner(self, key, account_id):
         self._selector.remember_owner(key, account_id, time.time())
 
+    def boundary_of(self, cache_key):
+        """Where the items of the accounts a thread moved away from end, in what its client sends
+        (as ``choose`` just found it; None: it never moved, or nothing was left behind)."""
+        return self._selector.boundary(cache_key)
+
+    def set_boundary(self, cache_key, account_id, boundary):
+        """The thread of ``cache_key`` moved to ``account_id``: what it carries up to the item
+        ``boundary`` names was issued elsewhere. Written at once, for every worker."""
+        self._selector.set_boundary(cache_key, account_id, boundary, time.time())
+
     def first_usable(self):
         now = time.time()
         return next((account for account in self._snapshot.current() if account.usable(now)), None)

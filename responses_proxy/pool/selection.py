@@ -37,7 +37,7 @@ class Selector:
         self._remote_load_at = 0.0
         self._recent = {}
         self._recent_at = 0.0
-        self._affinity = collections.OrderedDict()  # cache key -> (account id, checked at)
+        self._affinity = collections.OrderedDict()  # cache key -> (account id, checked at, boundary)
         self._affinity_touch = {}  # cache key -> (account id, time): timestamp refreshes to write
 
     # -- requests in flight ------------------------------------------------------------------
@@ -116,22 +116,35 @@ class Selector:
         cached = self._affinity.get(cache_key)
         if cached and not fresh and now - cached[1] < AFFINITY_TRUST_SECONDS:
             return cached[0]
-        account_id = pool_state.affinity_get(self._engine, cache_key, now - self._affinity_ttl)
-        if account_id:
-            self._affinity[cache_key] = (account_id, now)
-        return account_id
+        row = pool_state.affinity_get(self._engine, cache_key, now - self._affinity_ttl)
+        if row is None:
+            return None
+        self._affinity[cache_key] = (row[0], now, row[1])
+        return row[0]
 
     def _affinity_remember(self, cache_key, account_id, now, changed):
         previous = self._affinity.pop(cache_key, None)
-        self._affinity[cache_key] = (account_id, now)
+        # A thread that moves starts without a boundary (``set_boundary`` gives it its own).
+        boundary = previous[2] if previous and previous[0] == account_id and not changed else None
+        self._affinity[cache_key] = (account_id, now, boundary)
         if len(self._affinity) > AFFINITY_LOCAL_MAX:
             self._affinity.popitem(last=False)
         if changed:
             # Written at once: another worker seeing this key next must find the same account.
             pool_state.affinity_put(self._engine, [{"cache_key": cache_key, "account_id": account_id,
-                                                    "updated_at": now}])
+                                                    "updated_at": now, "boundary": None}])
         elif previous is None or previous[0] != account_id or now - previous[1] > AFFINITY_TRUST_SECONDS:
             self._affinity_touch[cache_key] = (account_id, now)
+
+    def boundary(self, cache_key):
+        """The boundary of a key's thread as its last lookup found it (see ``tables.affinity``)."""
+        cached = self._affinity.get(cache_key)
+        return cached[2] if cached else None
+
+    def set_boundary(self, cache_key, account_id, boundary, now):
+        self._affinity[cache_key] = (account_id, now, boundary)
+        pool_state.affinity_put(self._engine, [{"cache_key": cache_key, "account_id": account_id,
+                                                "updated_at": now, "boundary": boundary}])
 
     def owner(self, key, now):
         """The account a turn state was issued by (``key``: see ``affinity.turn_state_key``), or None."""

@@ -121,9 +121,12 @@ class ResponsesService:
                 break
             tried.add(account.id)
             exchange.decide(**decision)
+            boundary = self.pool.boundary_of(affinity) if decision.get("affinity") == "hit" else None
+            prepared = outbound.prepare(exchange, account.id, decision.get("from"), boundary)
+            if prepared.boundary is not None:
+                self.pool.set_boundary(affinity, account.id, prepared.boundary)
             try:
-                return self.attempt(exchange, account, outbound,
-                                    outbound.prepare(exchange, account.id, decision.get("from")))
+                return self.attempt(exchange, account, outbound, prepared)
             except AttemptFailed as failed:
                 last_error = failed.error
                 exchange.decide("failover", account=account.id, reason=last_error.code)

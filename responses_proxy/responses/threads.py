@@ -8,7 +8,9 @@ the new account the request without what it could not read, and never another ac
 state. The request is serialized again only then: a thread that stays pays nothing.
 """
 
-from ..items import to_json, without_account_bound
+import hashlib
+
+from ..items import account_bound, to_json, without_account_bound
 from ..upstream.client import TURN_STATE, upstream_error_fields
 
 
@@ -33,6 +35,30 @@ def names_unreadable_items(status, raw):
     return status == 404 and message.startswith("Item with id ")
 
 
+def item_mark(item):
+    """What names an account-bound item in the affinity table: the SHA-256 of its id (of its
+    content when it has none)."""
+    name = item.get("id") or item.get("encrypted_content") or ""
+    return hashlib.sha256(str(name).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def last_bound_mark(items):
+    """The mark of the last account-bound item of ``items``, or None."""
+    return next((item_mark(item) for item in reversed(items) if account_bound(item)), None)
+
+
+def without_bound_until(items, mark):
+    """(items, how many were left out) without the account-bound items up to the one ``mark``
+    names: those came from the accounts the thread moved away from. Nothing is left out when
+    that item is no longer there (after a compaction, what remains is the new account's)."""
+    for index in range(len(items) - 1, -1, -1):
+        item = items[index]
+        if account_bound(item) and item_mark(item) == mark:
+            head, dropped = without_account_bound(items[:index + 1])
+            return head + items[index + 1:], dropped
+    return items, 0
+
+
 def without_turn_state(body):
     metadata = body.get("client_metadata")
     if isinstance(metadata, dict) and TURN_STATE in metadata:
@@ -41,14 +67,16 @@ def without_turn_state(body):
 
 
 class Prepared:
-    """The request as one account gets it: body, its bytes, headers."""
+    """The request as one account gets it: body, its bytes, headers, and when the thread moves
+    to that account, the ``boundary`` to remember for its next requests."""
 
-    __slots__ = ("body", "payload", "headers")
+    __slots__ = ("body", "payload", "headers", "boundary")
 
-    def __init__(self, body, payload, headers):
+    def __init__(self, body, payload, headers, boundary=None):
         self.body = body
         self.payload = payload
         self.headers = headers
+        self.boundary = boundary
 
 
 class Outbound:
@@ -69,23 +97,32 @@ class Outbound:
         self.turn_state = turn_state
         self.owner = owner
 
-    def prepare(self, exchange, account_id, moved_from=None):
+    def prepare(self, exchange, account_id, moved_from=None, boundary=None):
         """The request for ``account_id``. ``moved_from`` is the account the thread's items
         came from when it is another one (client-side history: what the client sends back was
-        issued there); a conversation knows the issuer of each stored item itself."""
+        issued there); ``boundary`` the mark of the last item of an earlier account, when the
+        thread moved to ``account_id`` before (the client still sends that account's items). A
+        conversation knows the issuer of each stored item itself."""
         body = self.body
+        mark = None
         if self.turn is not None:
             changed = self.turn.upstream_for(account_id)
             if changed is not None:
                 body, change = changed
                 exchange.decide("moved", account=account_id, **change)
         elif moved_from is not None:
+            mark = last_bound_mark(body["input"])
             items, dropped = without_account_bound(body["input"])
             exchange.decide("moved", account=account_id, dropped=dropped)
             if dropped:
                 body = dict(body, input=items)
+        elif boundary is not None:
+            items, dropped = without_bound_until(body["input"], boundary)
+            if dropped:
+                exchange.decide("dropped_earlier", account=account_id, dropped=dropped)
+                body = dict(body, input=items)
         body, headers = self._turn_state(exchange, body, account_id)
-        return Prepared(body, self.payload if body is self.body else to_json(body), headers)
+        return Prepared(body, self.payload if body is self.body else to_json(body), headers, mark)
 
     def readable_only(self, exchange, account_id, prepared, status):
         """``prepared`` without the account-bound items, after the upstream answered ``status``

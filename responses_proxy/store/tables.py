@@ -64,6 +64,9 @@ affinity = Table(
     Column("cache_key", String(64), primary_key=True),  # SHA-256 hex, never the client's key itself
     Column("account_id", String(32), nullable=False),
     Column("updated_at", Float, nullable=False),
+    # After the key's thread moved: the last item the client sent that the previous account
+    # issued (SHA-256 hex of its id), so that later requests leave out that account's items.
+    Column("boundary", String(64), nullable=True),
     Index("ix_affinity_updated_at", "updated_at"),
 )
 

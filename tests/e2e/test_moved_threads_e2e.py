@@ -66,7 +66,8 @@ def make_it_move(gateway, upstream, account, how):
     """``account`` cannot serve the next request: over its usage limit (found by that request
     itself: a failover), cooling down (known before), disabled, or needing a new login."""
     if how == "usage-limit":
-        upstream.push(LIMITED, account=account)
+        upstream.push({**LIMITED, "body": {"error": {**LIMITED["body"]["error"], "resets_in_seconds": 60}}},
+                      account=account)
     elif how == "cooling-down":
         engine = gateway.engine()
         try:
@@ -100,11 +101,18 @@ def test_a_moved_thread_leaves_behind_what_only_its_account_could_read(make_gate
     assert {"event": "moved", "account": ids[other_than(home)], "dropped": 2} in made
     assert {"event": "account", "account": ids[other_than(home)], "affinity": "moved", "from": ids[home]} in made
 
-    # The thread now lives on the other account: what that one issued goes back to it unchanged.
-    history = [user("q1"), answer, user("q2"), *moved["output"], user("q3")]
-    send(gateway, {**thread, "input": history})
-    assert served(upstream) == other_than(home)
-    assert upstream.response_requests()[-1]["body"]["input"] == history
+    # The thread now lives on the other account. Its client still sends what the first account
+    # issued, which is left out, on every worker; what the new account issued goes back to it.
+    for number in range(4):
+        request = request_id()
+        before = len(upstream.response_requests())
+        history = [user("q1"), reasoning, answer, compaction, user("q2"), *moved["output"], user(f"q{number}")]
+        send(gateway, {**thread, "input": history}, request)
+        [sent] = upstream.response_requests()[before:]  # no refusal, no retry
+        assert sent["headers"]["chatgpt-account-id"] == other_than(home)
+        assert sent["body"]["input"] == [user("q1"), answer, user("q2"), *moved["output"], user(f"q{number}")]
+        assert {"event": "dropped_earlier", "account": ids[other_than(home)], "dropped": 2} in \
+            decisions(gateway, request)
 
 
 def test_a_thread_seen_for_the_first_time_is_retried_once_without_another_accounts_items(make_gateway, upstream):

@@ -1,4 +1,5 @@
-"""Which account issued each conversation item, and the compaction items found by index.
+"""Which account issued each conversation item, the compaction items found by index, and
+where a moved thread's items from its previous account end.
 
 Revision ID: 0004
 Revises: 0003
@@ -16,9 +17,13 @@ def upgrade():
     with op.batch_alter_table("conversation_items") as batch:
         batch.add_column(sa.Column("account_id", sa.String(32), nullable=True))
     op.create_index("ix_conversation_items_type", "conversation_items", ["conversation_id", "type", "position"])
+    with op.batch_alter_table("affinity") as batch:
+        batch.add_column(sa.Column("boundary", sa.String(64), nullable=True))
 
 
 def downgrade():
+    with op.batch_alter_table("affinity") as batch:
+        batch.drop_column("boundary")
     op.drop_index("ix_conversation_items_type", "conversation_items")
     with op.batch_alter_table("conversation_items") as batch:
         batch.drop_column("account_id")
