@@ -105,6 +105,7 @@ def test_a_refusal_of_unreadable_items_gives_one_request_without_them():
     prepared = outbound.prepare(exchange, "acc_a")
     retry = outbound.readable_only(exchange, "acc_a", prepared, 400)
     assert orjson.loads(retry.payload)["input"] == [USER, USER] and retry.headers == {"session_id": "s"}
+    assert retry.boundary == item_mark(REASONING)  # the thread's next requests leave it out
     assert exchange.decisions == [{"event": "retry", "account": "acc_a", "status": 400, "dropped": 1}]
     assert outbound.readable_only(exchange, "acc_a", retry, 400) is None  # nothing left to leave out
 

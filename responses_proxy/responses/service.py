@@ -126,7 +126,7 @@ class ResponsesService:
             if prepared.boundary is not None:
                 self.pool.set_boundary(affinity, account.id, prepared.boundary)
             try:
-                return self.attempt(exchange, account, outbound, prepared)
+                return self.attempt(exchange, account, outbound, prepared, affinity)
             except AttemptFailed as failed:
                 last_error = failed.error
                 exchange.decide("failover", account=account.id, reason=last_error.code)
@@ -135,11 +135,12 @@ class ResponsesService:
             raise exhausted if isinstance(exhausted, UsageLimitReached) else last_error
         raise last_error
 
-    def attempt(self, exchange, account, outbound, prepared):
+    def attempt(self, exchange, account, outbound, prepared, affinity=None):
         """One account's try: refresh its token if due, send, and after a 401 refresh and resend once.
 
         An account that refuses input items it cannot read (another account's encrypted
-        content, an item reduced to its id) gets the request once more without them.
+        content, an item reduced to its id) gets the request once more without them, and the
+        thread of ``affinity`` leaves them out from then on.
         """
         if self.pool.needs_refresh(account):
             account = self.refresh(exchange, account, "expiring", required=False)
@@ -157,6 +158,8 @@ class ResponsesService:
             if retry is not None:
                 response = self.send(exchange, account, retry)
                 if response.status_code == 200:
+                    if retry.boundary is not None:
+                        self.pool.set_boundary(affinity, account.id, retry.boundary)
                     return response
                 status, raw = response.status_code, read_error_body(response)
         raise self.refused(exchange, account, status, raw)

@@ -127,7 +127,9 @@ class Outbound:
     def readable_only(self, exchange, account_id, prepared, status):
         """``prepared`` without the account-bound items, after the upstream answered ``status``
         for them (the gateway could not know that they were another account's: a thread seen
-        for the first time); None when there are none to leave out."""
+        for the first time); None when there are none to leave out. Its ``boundary`` marks the
+        last of them, for the thread's next requests."""
+        mark = None
         if self.turn is not None:
             changed = self.turn.upstream_for(account_id, strict=True)
             if changed is None:
@@ -139,8 +141,10 @@ class Outbound:
             if not dropped:
                 return None
             body, change = dict(prepared.body, input=items), {"dropped": dropped}
+            # The client will send them again: its next requests leave them out at once.
+            mark = last_bound_mark(prepared.body["input"])
         exchange.decide("retry", account=account_id, status=status, **change)
-        return Prepared(body, to_json(body), prepared.headers)
+        return Prepared(body, to_json(body), prepared.headers, mark)
 
     def _turn_state(self, exchange, body, account_id):
         """(body, headers): the turn state goes to the account that issued it, and only there."""

@@ -134,6 +134,15 @@ def test_a_thread_seen_for_the_first_time_is_retried_once_without_another_accoun
     assert {"event": "retry", "account": ids[other_than(issuer)], "status": 400, "dropped": 1} in \
         decisions(gateway, request)
 
+    # The client sends that reasoning again with the thread's next request: left out at once.
+    request = request_id()
+    send(gateway, {"input": [user("q1"), reasoning, answer, user("q2"), user("q3")], "prompt_cache_key": "new-here"},
+         request)
+    [sent] = upstream.response_requests()[3:]
+    assert sent["body"]["input"] == [user("q1"), answer, user("q2"), user("q3")]
+    assert {"event": "dropped_earlier", "account": ids[other_than(issuer)], "dropped": 1} in \
+        decisions(gateway, request)
+
 
 def test_an_item_reduced_to_its_id_is_retried_without_it(e2e, upstream):
     request = request_id()
@@ -151,7 +160,7 @@ def test_an_item_reduced_to_its_id_is_retried_without_it(e2e, upstream):
 def test_other_refusals_are_final_and_a_retry_is_made_once(e2e, upstream):
     upstream.push({"status": 400, "body": {"error": {"message": "Invalid 'input'.", "type": "invalid_request_error",
                                                        "code": "invalid_value", "param": "input"}}}, account=ACCOUNT)
-    gone = {"type": "reasoning", "id": "rs_gone", "summary": []}
+    gone = {"type": "reasoning", "id": "rs_gone_too", "summary": []}
     reply = requests.post(e2e.url + "/v1/responses", headers=auth(e2e.key),
                           json={"model": MODEL, "input": [user("q1")]}, timeout=20)
     assert reply.status_code == 400 and reply.json()["error"]["code"] == "invalid_value"
@@ -161,7 +170,7 @@ def test_other_refusals_are_final_and_a_retry_is_made_once(e2e, upstream):
     upstream.push({"status": 400, "body": {"error": {"message": "Still wrong.", "code": "invalid_value"}}},
                   account=ACCOUNT)
     reply = requests.post(e2e.url + "/v1/responses", headers=auth(e2e.key),
-                          json={"model": MODEL, "input": [user("q1"), gone]}, timeout=20)
+                          json={"model": MODEL, "input": [user("another thread"), gone]}, timeout=20)
     assert reply.status_code == 400 and reply.json()["error"]["message"] == "Still wrong."
     assert len(upstream.response_requests()) == 3
 
