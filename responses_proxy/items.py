@@ -15,6 +15,7 @@ import re
 import orjson
 
 from .errors import InvalidRequest
+from .store.conversations import COMPACTION
 from .validation import ABSENT, EXPECTED, MISSING, quoted, refusal
 
 # "conv_" and up to 95 letters, digits, "_" or "-": the id column holds 100 characters.
@@ -40,6 +41,9 @@ STORED_STRINGS = {"id": (100, "an item id"), "type": (64, "an item type"), "call
 # Chat-format leftovers that the Responses API has no place for inside input items.
 CHAT_ONLY_ITEM_FIELDS = frozenset(("reasoning_content", "reasoning_details", "tool_calls", "function_call"))
 CONTENT_PART_TYPES = frozenset(("input_text", "input_image", "input_file", "input_audio"))
+# Remote compaction: an input ending with the trigger is answered with one compaction item,
+# which stands for the history before it from then on (the store starts a turn's history there).
+COMPACTION_TRIGGER = "compaction_trigger"
 
 
 def is_conversation_id(value):
@@ -218,6 +222,15 @@ def check_storable(items, path="input"):
                                                      "same id; the items of one request need ids of their own.")
 
 
+def check_added(items, path="items"):
+    """Raise ``InvalidRequest`` about a ``compaction_trigger`` among items added to a conversation
+    directly: it asks a response for a compaction, and is nothing a history could hold."""
+    for index, item in enumerate(items):
+        if item.get("type") == COMPACTION_TRIGGER:
+            raise refusal(f"{path}[{index}].type", "Invalid value for '{param}': a compaction_trigger asks a "
+                                                   "response for a compaction item; a conversation does not store it.")
+
+
 def stored_string_problem(value, name):
     """What keeps ``value`` out of the column of the item field ``name`` (see STORED_STRINGS)."""
     limit, what = STORED_STRINGS[name]
@@ -247,6 +260,30 @@ def check_sendable(items, param):
     """Refuse normalized items that could not be sent once they are in an upstream body's
     ``input`` (two levels down): what a conversation stores is sent on its later turns."""
     to_json({"input": items}, param)
+
+
+# -- what only one upstream account can read -------------------------------------------------------
+# The backend encrypts reasoning and compaction items for the account that produced them: any
+# other account refuses them (400 "could not be verified"), and a reasoning item reduced to its
+# id is looked up among stored items, which do not exist with ``store: false`` (404). The store
+# knows these types too: it reads a turn's history by them.
+
+
+def account_bound(item):
+    """Whether only the account that issued ``item`` can take it back: a compaction item, or a
+    reasoning item with encrypted content or an id."""
+    kind = item.get("type")
+    if kind == "reasoning":
+        return item.get("encrypted_content") is not None or item.get("id") is not None
+    return kind == COMPACTION
+
+
+def without_account_bound(items):
+    """(items, how many were left out) without the account-bound ones (``items`` itself when none is)."""
+    kept = [item for item in items if not account_bound(item)]
+    if len(kept) == len(items):
+        return items, 0
+    return kept, len(items) - len(kept)
 
 
 # -- normalization --------------------------------------------------------------------------------

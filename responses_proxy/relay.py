@@ -14,11 +14,14 @@ from gevent.hub import Waiter
 
 from .errors import DatabaseUnavailable, UpstreamError, log_failure, unavailable
 from .upstream.body import BodyError, UnsupportedEncoding, UpstreamBody
+from .upstream.client import TURN_STATE
 from .upstream.sse import EventTooLarge, SSEParser
 
 CREATED = b"response.created"
 ITEM_ADDED = b"response.output_item.added"
 ITEM_DONE = b"response.output_item.done"
+# Headers the backend sends inside the stream (Codex reads its turn state from them).
+METADATA = b"response.metadata"
 TERMINAL = frozenset((b"response.completed", b"response.incomplete", b"response.failed", b"error"))
 KEEPALIVE = b": keepalive\n\n"
 SSE_HEADERS = {
@@ -189,7 +192,7 @@ class EventSource:
 class Tracker:
     """Watches the events going by: response id, terminal event, usage; frames them as SSE."""
 
-    def __init__(self, redact=None):
+    def __init__(self, redact=None, on_turn_state=None):
         self.created = None
         self.terminal_name = None
         self.terminal = None
@@ -198,6 +201,8 @@ class Tracker:
         self.items = []
         # Takes out of item and final events what the gateway asked for its own use only.
         self.redact = redact
+        # Called with the turn state of a ``response.metadata`` event, before the event goes out.
+        self.on_turn_state = on_turn_state
 
     def observe(self, events):
         """Track a batch of named events (as ``EventSource`` returns them) and return the list
@@ -231,6 +236,10 @@ class Tracker:
                         self.items.append(event)
                     if redact and isinstance(event, dict):
                         events[index] = (name, orjson.dumps(self.redact(event)))
+            elif name == METADATA and self.on_turn_state is not None:
+                state = turn_state_in(loads(data))
+                if state is not None:
+                    self.on_turn_state(state)
         self.count += len(events)
         return events
 
@@ -278,6 +287,16 @@ class Tracker:
         self.terminal = payload
         self.count += 1
         return b"response.failed", orjson.dumps(payload)
+
+
+def turn_state_in(event):
+    """The ``x-codex-turn-state`` of a ``response.metadata`` event's headers (any case), or None."""
+    headers = field(event, "headers")
+    if isinstance(headers, dict):
+        for name, value in headers.items():
+            if isinstance(value, str) and name.lower() == TURN_STATE:
+                return value
+    return None
 
 
 def readable_terminal(name, data):

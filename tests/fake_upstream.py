@@ -3,14 +3,27 @@
 It answers ``POST /codex/responses`` with SSE event streams built like the real backend's,
 ``GET /codex/models`` with a catalog, ``POST /oauth/token`` (refresh) and ``GET /wham/usage``.
 Each request takes the next behaviour scripted for its account (``chatgpt-account-id``), else
-the next one scripted for any account, else the default (a short text answer). Every request
-is recorded, and so is every stream the client closed before it ended.
+the next one scripted for any account, else the default (a short text answer; for an input
+ending with ``compaction_trigger``, one compaction item). Every request is recorded, and so is
+every stream the client closed before it ended.
+
+What the backend binds to the account that served it is bound here too. Encrypted content
+(reasoning's ``encrypted_content``, compaction items) written as ``ISSUED`` in a script is
+issued to the serving account as an opaque token that only that account's secret verifies;
+an input item carrying a token of another account is refused (400 ``invalid_encrypted_content``),
+and with ``store: false`` an item that names an id without its content is not found (404).
+Turn states (``x-codex-turn-state``) are issued the same way, and one the account did not issue
+is refused (400). Content the fake never issued (the captured fixtures' ``gAAAAB-opaque``)
+passes, as it always did.
 """
 
 import base64
 import collections
+import hashlib
+import hmac
 import itertools
 import json
+import secrets
 import select
 import socket
 import sys
@@ -36,6 +49,12 @@ def response_object(response_id, model, status="in_progress", output=None, usage
 
 USAGE = {"input_tokens": 12, "input_tokens_details": {"cached_tokens": 4}, "output_tokens": 7,
          "output_tokens_details": {"reasoning_tokens": 2}, "total_tokens": 19}
+# Encrypted content a script leaves to the fake: issued, when served, to the serving account.
+ISSUED = "<issued to the serving account>"
+OPAQUE = "gAAAAB-opaque"  # content no account issued: accepted anywhere
+TURN_STATE = "x-codex-turn-state"
+# Items whose content the backend encrypts for the account that produced them.
+ENCRYPTED_TYPES = ("reasoning", "compaction")
 
 
 class Script:
@@ -55,10 +74,11 @@ class Script:
         self._add("response.in_progress", response=response_object(self.response_id, self.model))
         return self
 
-    def reasoning(self, summary="Thinking it over."):
+    def reasoning(self, summary="Thinking it over.", encrypted_content=OPAQUE):
+        """A reasoning item (``encrypted_content=ISSUED``: bound to the account that serves it)."""
         index = len(self.items)
         item = {"id": new_id("rs"), "type": "reasoning", "summary": [{"type": "summary_text", "text": summary}],
-                "content": None, "encrypted_content": "gAAAAB-opaque"}
+                "content": None, "encrypted_content": encrypted_content}
         self._add("response.output_item.added", output_index=index, item={**item, "summary": []})
         self._add("response.output_item.done", output_index=index, item=item)
         self.items.append(item)
@@ -106,6 +126,14 @@ class Script:
         self.items.append(item)
         return self
 
+    def compaction(self):
+        """The one item of a remote compaction: done at once, its content bound to the account."""
+        index = len(self.items)
+        item = {"type": "compaction", "id": new_id("cmp"), "encrypted_content": ISSUED}
+        self._add("response.output_item.done", output_index=index, item=item)
+        self.items.append(item)
+        return self
+
     def completed(self, empty_output=False, usage=USAGE):
         output = [] if empty_output else self.items
         self._add("response.completed",
@@ -134,6 +162,17 @@ def text_answer(text="Hello from the fake upstream.", model="gpt-5.2", pieces=4)
     size = max(1, len(text) // pieces)
     deltas = [text[i:i + size] for i in range(0, len(text), size)]
     return Script(model).start().message(deltas).completed().events()
+
+
+def compaction_answer(model="gpt-5.2", usage=USAGE):
+    return Script(model).start().compaction().completed(usage=usage).events()
+
+
+def compacting(body):
+    """Whether a request asks for a remote compaction: its input ends with ``compaction_trigger``."""
+    items = body.get("input") if isinstance(body, dict) else None
+    return isinstance(items, list) and bool(items) and isinstance(items[-1], dict) and \
+        items[-1].get("type") == "compaction_trigger"
 
 
 def sse(events, with_names=True):
@@ -186,6 +225,9 @@ class FakeUpstream:
         self.models_status = 200
         self.rejected_tokens = set()  # access tokens answered with 401 (e.g. expired upstream)
         self.used_refresh_tokens = set()  # refresh tokens rotate: a second use is invalid_grant
+        self.turn_states = []  # (turn state, account) as issued
+        self._master = secrets.token_bytes(32)
+        self._accounts = set()  # every account that was served: ``issuer_of`` tries them
         self._scripts = collections.defaultdict(collections.deque)
         self._lock = threading.Lock()
         self._server = QuietServer(("127.0.0.1", 0), self._handler_class())
@@ -213,6 +255,7 @@ class FakeUpstream:
             self._scripts.clear()
             self.rejected_tokens.clear()
             self.used_refresh_tokens.clear()
+            self.turn_states.clear()
             self.models = list(MODELS)
             self.models_status = 200
 
@@ -222,6 +265,75 @@ class FakeUpstream:
 
     def response_requests(self):
         return [request for request in self.requests if request["path"] == "/codex/responses"]
+
+    # -- what is bound to an account -------------------------------------------------------
+
+    def _mac(self, account, kind, nonce):
+        # The account's own secret (a request without an account has one too: the empty name's).
+        secret = hmac.new(self._master, (account or "").encode(), hashlib.sha256).digest()
+        return hmac.new(secret, kind + nonce, hashlib.sha256).digest()[:16]
+
+    def issue(self, account, kind=b"content", seed=None):
+        """An opaque token that only ``account``'s secret verifies (``seed``: the same token for
+        the same item, wherever the stream repeats it)."""
+        nonce = hashlib.sha256(seed.encode()).digest()[:12] if seed else secrets.token_bytes(12)
+        prefix = "gAAAAB" if kind == b"content" else "ts_"
+        return prefix + base64.urlsafe_b64encode(nonce + self._mac(account, kind, nonce)).decode()
+
+    def verifies(self, token, account, kind=b"content"):
+        """None for a token the fake never issued, else whether ``account`` issued it."""
+        prefix = "gAAAAB" if kind == b"content" else "ts_"
+        if not isinstance(token, str) or not token.startswith(prefix):
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(token[len(prefix):])
+        except ValueError:
+            return None
+        if len(raw) != 28:
+            return None
+        return hmac.compare_digest(raw[12:], self._mac(account, kind, raw[:12]))
+
+    def issuer_of(self, token, kind=b"content"):
+        """The account that issued ``token`` (None if the fake did not issue it)."""
+        return next((account for account in sorted(self._accounts) if self.verifies(token, account, kind)), None)
+
+    def bind(self, value, account):
+        """``value`` (events, items) with every ``ISSUED`` content issued to ``account``."""
+        if isinstance(value, (list, tuple)):
+            return type(value)(self.bind(item, account) for item in value)
+        if not isinstance(value, dict):
+            return value
+        bound = {key: self.bind(item, account) for key, item in value.items()}
+        if bound.get("encrypted_content") == ISSUED:
+            bound["encrypted_content"] = self.issue(account, seed=str(value.get("id")))
+        return bound
+
+    def refusal(self, body, headers, account):
+        """(status, error body) for a request the real backend would refuse for what it carries
+        (content or a turn state not issued to ``account``, an id without its content), else None."""
+        metadata = body.get("client_metadata") if isinstance(body.get("client_metadata"), dict) else {}
+        for state in (headers.get(TURN_STATE), metadata.get(TURN_STATE)):
+            if state is not None and not self.verifies(state, account, b"turn"):
+                return 400, {"error": {"message": "The x-codex-turn-state was not issued for this account.",
+                                       "type": "invalid_request_error", "param": None,
+                                       "code": "invalid_turn_state"}}
+        items = body.get("input") if isinstance(body.get("input"), list) else []
+        for item in items:
+            if not isinstance(item, dict) or item.get("type") not in (*ENCRYPTED_TYPES, "item_reference"):
+                continue
+            content = item.get("encrypted_content")
+            if content is None and item.get("id") is not None and body.get("store") is not True:
+                return 404, {"error": {
+                    "message": f"Item with id '{item['id']}' not found. Items are not persisted when `store` is "
+                               "set to false. Try again with `store` set to true, or remove this item from your "
+                               "input.", "type": "invalid_request_error", "param": "input", "code": None}}
+            if self.verifies(content, account) is False:
+                named = f"for item {item['id']}" if item.get("id") else f"{content[:4]}...{content[-4:]}"
+                return 400, {"error": {
+                    "message": f"The encrypted content {named} could not be verified. Reason: Encrypted content "
+                               "could not be decrypted or parsed.", "type": "invalid_request_error",
+                    "param": None, "code": "invalid_encrypted_content"}}
+        return None
 
     def _next(self, account, shared=True):
         """The next behaviour scripted for ``account``, else (``shared``) for any account."""
@@ -297,8 +409,16 @@ class FakeUpstream:
                 token = (self.headers.get("Authorization") or "").partition(" ")[2]
                 if token in fake.rejected_tokens:
                     return self._json(401, {"detail": "Could not validate your token."})
+                if account is not None:
+                    with fake._lock:
+                        fake._accounts.add(account)
+                # Checked before a behaviour is taken: the request that follows a refusal gets it.
+                refused = fake.refusal(body, {key.lower(): value for key, value in self.headers.items()},
+                                       account) if isinstance(body, dict) else None
+                if refused is not None:
+                    return self._json(*refused)
                 behaviour = fake._next(account) or {}
-                self._serve_responses(body, behaviour)
+                self._serve_responses(body, behaviour, account)
 
             def _serve_refresh(self, entry):
                 """Behaviour keys: ``status`` (+ ``body``, ``headers``) to refuse, ``delay`` (seconds
@@ -330,14 +450,16 @@ class FakeUpstream:
                                  "access_token": fresh["tokens"]["access_token"],
                                  "refresh_token": fresh["tokens"]["refresh_token"]})
 
-            def _serve_responses(self, body, behaviour):
+            def _serve_responses(self, body, behaviour, account):
                 """Behaviour keys: ``status`` + ``body`` (an error before the stream; ``page``
                 instead of ``body``: an HTML page), ``events``
-                (default: a text answer), ``delay`` (seconds between events), ``stall`` (seconds
-                to wait before the event with index ``stall_at``), ``cut_after`` (close the
-                connection after that many events), ``header_delay`` (seconds before headers),
-                ``names`` (False: no ``event:`` lines), ``crlf`` (CRLF line endings), ``raw`` (see
-                ``_serve_raw``), ``headers`` (more response headers)."""
+                (default: a text answer, or a compaction after ``compaction_trigger``), ``delay``
+                (seconds between events), ``stall`` (seconds to wait before the event with index
+                ``stall_at``), ``cut_after`` (close the connection after that many events),
+                ``header_delay`` (seconds before headers), ``names`` (False: no ``event:`` lines),
+                ``crlf`` (CRLF line endings), ``raw`` (see ``_serve_raw``), ``headers`` (more
+                response headers), ``turn_state`` (True: a new turn state for the account in the
+                ``x-codex-turn-state`` header; "event": in a ``response.metadata`` event)."""
                 time.sleep(behaviour.get("header_delay", 0))
                 status = behaviour.get("status", 200)
                 if status != 200 and "page" in behaviour:  # what a proxy in front answers: HTML
@@ -353,13 +475,27 @@ class FakeUpstream:
                 if "raw" in behaviour:
                     return self._serve_raw(behaviour)
                 model = body.get("model", "gpt-5.2") if isinstance(body, dict) else "gpt-5.2"
-                events = behaviour.get("events") or text_answer(model=model)
+                events = behaviour.get("events") or (
+                    compaction_answer(model) if compacting(body) else text_answer(model=model))
+                events = fake.bind(events, account)
+                headers = dict(behaviour.get("headers", {}))
+                if behaviour.get("turn_state"):
+                    state = fake.issue(account, b"turn")
+                    with fake._lock:
+                        fake.turn_states.append((state, account))
+                    if behaviour["turn_state"] == "event":
+                        metadata = {"type": "response.metadata", "headers": {TURN_STATE: state}}
+                        events = events[:1] + [("response.metadata", metadata)] + events[1:]
+                    else:
+                        headers[TURN_STATE] = state
                 frames = sse(events, behaviour.get("names", True))
                 if behaviour.get("crlf"):
                     frames = [frame.replace("\n", "\r\n") for frame in frames]
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Transfer-Encoding", "chunked")
+                for key, value in headers.items():
+                    self.send_header(key, value)
                 self.end_headers()
                 response_id = events[0][1].get("response", {}).get("id") if events else None
                 try:

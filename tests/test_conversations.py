@@ -101,11 +101,84 @@ def test_items_are_stored_once_each(database_url, tmp_path):
         for turn in range(3):
             store.append(engine, row["id"], [{"role": "user", "content": f"t{turn}"}])
         assert store.count_items(engine, row["id"]) == 4
-        loaded = store.load_items(engine, row["id"])
-        assert [json.loads(data)["content"] for _, _, _, data in loaded] == ["a", "t0", "t1", "t2"]
-        assert [turn for turn, _, _, _ in loaded] == [0, 1, 2, 3]
+        loaded = store.load_history(engine, row["id"], 100)
+        assert [json.loads(data)["content"] for _, _, _, data, _ in loaded] == ["a", "t0", "t1", "t2"]
+        assert [turn for turn, *_ in loaded] == [0, 1, 2, 3]
     finally:
         engine.dispose()
+
+
+def item(kind, text, **fields):
+    return {"type": kind, "text": text, **fields}
+
+
+@pytest.fixture
+def history_engine(database_url):
+    engine = make_engine(database_url)
+    migrate.upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+def loaded_texts(rows):
+    return [json.loads(data)["text"] for _, _, _, data, _ in rows]
+
+
+def test_the_history_starts_at_the_latest_compaction_and_reads_only_the_budget(history_engine):
+    engine = history_engine
+    row, _ = store.create(engine, "key_x", items=[item("message", "added"), item("reasoning", "r0")])
+    store.append(engine, row["id"], [item("message", "q1"), item("reasoning", "r1")], account_id="acc_a")
+    store.append(engine, row["id"], [item("message", "q2"), item("compaction", "c2")], account_id="acc_a")
+    store.append(engine, row["id"], [item("message", "q3"), item("reasoning", "r3")], account_id="acc_b")
+    store.append(engine, row["id"], [item("compaction", "c4")], account_id="acc_b")
+    store.append(engine, row["id"], [item("message", "q5"), item("message", "a5")], account_id="acc_b")
+
+    # The compaction item stands for everything before it.
+    history = store.load_history(engine, row["id"], 100)
+    assert loaded_texts(history) == ["c4", "q5", "a5"]
+    assert [(kind, account) for _, kind, _, _, account in history] == [
+        ("compaction", "acc_b"), ("message", "acc_b"), ("message", "acc_b")]
+    assert store.count_history(engine, row["id"]) == 3
+    # At most the budget, and one more: the oldest turn read may be cut.
+    assert loaded_texts(store.load_history(engine, row["id"], 1)) == ["q5", "a5"]
+
+    # As another account can read it: from the latest compaction it issued, without the
+    # reasoning and compaction items of others; items of no known issuer are readable, unless not.
+    assert loaded_texts(store.load_history(engine, row["id"], 100, readable_by="acc_a")) == [
+        "c2", "q3", "q5", "a5"]
+    assert store.count_history(engine, row["id"], readable_by="acc_a") == 4
+    assert loaded_texts(store.load_history(engine, row["id"], 100, readable_by="acc_c")) == [
+        "added", "r0", "q1", "q2", "q3", "q5", "a5"]
+    assert loaded_texts(store.load_history(engine, row["id"], 100, readable_by="acc_c",
+                                           unknown_readable=False)) == ["added", "q1", "q2", "q3", "q5", "a5"]
+
+
+def test_the_history_is_one_query_that_reads_no_row_before_it(history_engine):
+    """The newest rows only, found by index: the query plan never scans the conversation."""
+    engine = history_engine
+    row, _ = store.create(engine, "key_x")
+    for turn in range(30):
+        store.append(engine, row["id"], [item("message", f"q{turn}"), item("compaction" if turn == 20 else
+                                                                            "message", f"a{turn}")])
+    statements = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):
+        if "conversation_items" in statement:
+            statements.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        history = store.load_history(engine, row["id"], 4)
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    assert loaded_texts(history) == ["a27", "q28", "a28", "q29", "a29"]
+    [(statement, parameters)] = statements
+    assert "LIMIT" in statement.upper()
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            plan = " ".join(str(step[-1]) for step in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement,
+                                                                          tuple(parameters)).all())
+        assert "SCAN" not in plan.upper().replace("SCAN CONSTANT", ""), plan
 
 
 def test_turn_lease_is_exclusive_and_released(database_url):

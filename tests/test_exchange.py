@@ -32,8 +32,8 @@ class Turn:
         self.commits, self.aborts = [], 0
         self.fail_commit, self.fail_abort = fail_commit, fail_abort
 
-    def commit(self, items):
-        self.commits.append(items)
+    def commit(self, items, account_id):
+        self.commits.append((items, account_id))
         if isinstance(self.fail_commit, Exception):
             raise self.fail_commit
         if self.fail_commit:
@@ -104,9 +104,11 @@ def test_every_exception_finishes_with_its_status(exchange, recorder, error, sta
 def test_a_committed_turn_is_not_aborted_at_the_end(exchange):
     turn = Turn()
     exchange.turn = turn
+    exchange.row["account_id"] = "acc_1"
     exchange.settle_turn(True, [{"type": "message"}])
     exchange.finish(200)
-    assert turn.commits == [[{"type": "message"}]] and turn.aborts == 0
+    # Stored as the items of the account that answered: only it can read their encrypted content.
+    assert turn.commits == [([{"type": "message"}], "acc_1")] and turn.aborts == 0
 
 
 def test_an_unfinished_answer_aborts_the_turn_when_settled(exchange):

@@ -228,9 +228,70 @@ def test_a_cache_key_sticks_while_its_account_is_usable(services):
 
     account_store.set_cooldown(services.engine, home.id, time.time() + 60, "usage limit")
     moved, decision = pool.choose("thread-1")
-    assert moved.id != home.id and decision["affinity"] == "moved"
+    # The decision names where the thread comes from: what it carries was issued there.
+    assert moved.id != home.id and decision == {"event": "account", "account": moved.id, "affinity": "moved",
+                                                "from": home.id}
     pool.end(home.id)
     assert a["id"] in (home.id, moved.id)
+
+
+def test_the_issuer_of_a_turn_state_serves_before_the_cache_key_and_takes_it_along(services):
+    a = add_account(services, account_id="acct-a")
+    b = add_account(services, account_id="acct-b")
+    pool, other = services.pool, another_worker(services)
+    assert other.owner_of("turn-state-1") is None
+    pool.remember_owner("turn-state-1", a["id"])
+    # Written at once: the turn's next request may reach another worker right away.
+    assert other.owner_of("turn-state-1") == a["id"]
+
+    home, _ = pool.choose("thread-1", prefer=b["id"])
+    assert home.id == b["id"]
+    chosen, decision = other.choose("thread-1", prefer=a["id"])
+    assert decision == {"event": "account", "account": a["id"], "turn_state": "issuer", "affinity": "moved",
+                        "from": b["id"]}
+    # The thread follows its turn state: without it now, it still goes there, on any worker.
+    assert other.choose("thread-1")[0].id == a["id"]
+    assert another_worker(services).choose("thread-1")[0].id == a["id"]
+
+    account_store.set_status(services.engine, a["id"], "disabled")
+    chosen, decision = other.choose("thread-1", prefer=a["id"])
+    assert chosen.id == b["id"] and "turn_state" not in decision
+    assert decision["affinity"] == "moved" and decision["from"] == a["id"]
+    assert other.choose(prefer=b["id"]) == (chosen, {"event": "account", "account": b["id"], "turn_state": "issuer"})
+
+
+def test_a_moved_threads_boundary_is_shared_and_a_new_move_clears_it(services):
+    add_account(services, account_id="acct-a")
+    add_account(services, account_id="acct-b")
+    pool, other = services.pool, another_worker(services)
+    home, _ = pool.choose("thread-1")
+    account_store.set_cooldown(services.engine, home.id, time.time() + 60, "usage limit")
+    moved, decision = pool.choose("thread-1")
+    assert decision["affinity"] == "moved" and pool.boundary_of("thread-1") is None
+    pool.set_boundary("thread-1", moved.id, "m" * 64)
+    assert pool.boundary_of("thread-1") == "m" * 64
+    # Another worker finds it with the account, in the same lookup.
+    assert other.choose("thread-1")[1]["affinity"] == "hit" and other.boundary_of("thread-1") == "m" * 64
+    assert pool.choose("thread-1")[0].id == moved.id and pool.boundary_of("thread-1") == "m" * 64
+
+    account_store.set_cooldown(services.engine, home.id, None, "")
+    account_store.set_cooldown(services.engine, moved.id, time.time() + 60, "usage limit")
+    assert other.choose("thread-1")[1]["affinity"] == "moved" and other.boundary_of("thread-1") is None
+    third = another_worker(services)
+    assert third.choose("thread-1")[1]["affinity"] == "hit" and third.boundary_of("thread-1") is None
+
+
+def test_a_turn_states_issuer_needs_no_query_once_known_and_is_kept_while_in_use(services, monkeypatch):
+    selector = selection.Selector(services.engine, upkeep.Worker(), 1800.0)
+    now = time.time()
+    selector.remember_owner("turn-state-key", "acct_a", now)
+    assert pool_state.affinity_get(services.engine, "turn-state-key", 0) == ("acct_a", None)
+    selector.take_affinity_touches()
+    queries = []
+    monkeypatch.setattr(pool_state, "affinity_get", lambda *args: queries.append(args))
+    assert selector.owner("turn-state-key", now + 600) == "acct_a" and queries == []
+    # Used, so its row is touched (written by the upkeep): a long turn outlives the TTL.
+    assert selector.take_affinity_touches() == {"turn-state-key": ("acct_a", now + 600)}
 
 
 # --- each worker's upkeep ---------------------------------------------------------------------------

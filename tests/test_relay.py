@@ -43,6 +43,34 @@ def test_undecodable_data_with_encrypted_content_is_relayed_as_it_came():
     assert tracker.observe(list(batch)) == batch
 
 
+def test_redaction_takes_reasoning_content_only_never_a_compaction_item():
+    tracker = Tracker(redact=without_encrypted)
+    reasoning = {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "gAAAAB-r"}
+    compaction = {"type": "compaction", "id": "cmp_1", "encrypted_content": "gAAAAB-c"}
+    out = tracker.observe(named(("response.output_item.done", {"item": reasoning, "output_index": 0}),
+                                ("response.output_item.done", {"item": compaction, "output_index": 1}),
+                                ("response.completed", {"response": {"id": "r", "output": [reasoning, compaction]}})))
+    items = [orjson.loads(data)["item"] for _, data in out[:2]]
+    assert items == [{"type": "reasoning", "id": "rs_1", "summary": []}, compaction]
+    assert orjson.loads(out[2][1])["response"]["output"] == items
+
+
+@pytest.mark.parametrize("headers, expected", [
+    ({"x-codex-turn-state": "ts_1"}, ["ts_1"]),
+    ({"X-Codex-Turn-State": "ts_2", "x-models-etag": "e"}, ["ts_2"]),
+    ({"x-codex-turn-state": 5}, []),
+    ({"x-models-etag": "e"}, []),
+    ("not headers", []),
+])
+def test_turn_states_in_metadata_events_are_reported_and_relayed_unchanged(headers, expected):
+    seen = []
+    tracker = Tracker(on_turn_state=seen.append)
+    batch = named(("response.metadata", {"type": "response.metadata", "headers": headers}),
+                  ("response.output_text.delta", {"delta": "x-codex-turn-state"}))
+    assert tracker.observe(list(batch)) == batch
+    assert seen == expected
+
+
 def test_done_items_with_odd_output_indexes_still_make_the_output():
     tracker = Tracker()
     first, second = {**ITEM, "id": "msg_a"}, {**ITEM, "id": "msg_b"}

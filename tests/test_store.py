@@ -472,10 +472,17 @@ def test_expired_affinity_rows_are_pruned(database_url):
                                          {"cache_key": "new", "account_id": "acct_b", "updated_at": now}])
         assert pool_state.affinity_prune(engine, now - 1800) == 1
         assert pool_state.affinity_get(engine, "old", 0) is None
-        assert pool_state.affinity_get(engine, "new", now - 1800) == "acct_b"
+        assert pool_state.affinity_get(engine, "new", now - 1800) == ("acct_b", None)
         # Re-putting a key moves it (upsert), on both databases.
-        pool_state.affinity_put(engine, [{"cache_key": "new", "account_id": "acct_c", "updated_at": now + 1}])
-        assert pool_state.affinity_get(engine, "new", now - 1800) == "acct_c"
+        pool_state.affinity_put(engine, [{"cache_key": "new", "account_id": "acct_c", "updated_at": now + 1,
+                                          "boundary": "b" * 64}])
+        assert pool_state.affinity_get(engine, "new", now - 1800) == ("acct_c", "b" * 64)
+        # A timestamp written without a boundary leaves it; one written with it replaces it.
+        pool_state.affinity_put(engine, [{"cache_key": "new", "account_id": "acct_c", "updated_at": now + 2}])
+        assert pool_state.affinity_get(engine, "new", now - 1800) == ("acct_c", "b" * 64)
+        pool_state.affinity_put(engine, [{"cache_key": "new", "account_id": "acct_d", "updated_at": now + 3,
+                                          "boundary": None}])
+        assert pool_state.affinity_get(engine, "new", now - 1800) == ("acct_d", None)
     finally:
         engine.dispose()
 

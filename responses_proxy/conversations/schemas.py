@@ -2,7 +2,7 @@
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
-from ..items import check_items, check_storable
+from ..items import check_added, check_items, check_storable
 from ..validation import Array, Object, Passthrough, String, check_sizes, field, quoted
 
 METADATA_MAX_KEYS = 16
@@ -44,6 +44,7 @@ class CreateConversationSchema(Passthrough):
         if data.get("items"):
             check_items(data["items"], "items")
             check_storable(data["items"], "items")
+            check_added(data["items"])
 
 
 class UpdateConversationSchema(Passthrough):
@@ -59,6 +60,7 @@ class AddItemsSchema(Passthrough):
     def check(self, data, **kwargs):
         check_items(data["items"], "items")
         check_storable(data["items"], "items")
+        check_added(data["items"])
 
 
 class ListItemsQuery(Schema):

@@ -1,5 +1,6 @@
 """Conversations without Flask: ownership, turns, the item budget, the Conversations API."""
 
+import collections
 import logging
 import os
 import secrets
@@ -9,8 +10,9 @@ import time
 import orjson
 
 from ..errors import Conflict, InvalidRequest, NotFound, log_failure, unavailable
-from ..items import check_sendable, is_conversation_id
+from ..items import COMPACTION_TRIGGER, check_sendable, is_conversation_id, without_account_bound
 from ..store import conversations as store
+from ..store.conversations import ACCOUNT_BOUND_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +35,12 @@ def not_found():
 
 def within_budget(rows, budget):
     """The stored items to send: oldest turns dropped whole until at most ``budget`` remain,
-    and never a call's output without its call. Returns (items, dropped count)."""
+    and never a call's output without its call. Returns (items, dropped count).
+
+    ``rows`` are (turn, type, call_id, data, ...) in order; the first turn may be cut (the
+    store reads one item more than the budget), it is then dropped."""
     turns = []
-    for turn, kind, call_id, data in rows:
+    for turn, kind, call_id, data, *_ in rows:
         if not turns or turns[-1][0] != turn:
             turns.append((turn, []))
         turns[-1][1].append((kind, call_id, data))
@@ -57,15 +62,32 @@ def within_budget(rows, budget):
     return items, total - len(items)
 
 
+def history_of(engine, conversation_id, budget, readable_by=None, unknown_readable=True):
+    """(items, dropped count, their rows) of the stored history a turn sends
+    (``store.load_history``): ``dropped`` counts the items since the history's start that the
+    budget left out."""
+    rows = store.load_history(engine, conversation_id, budget, readable_by, unknown_readable)
+    items, dropped = within_budget(rows, budget)
+    if len(rows) > budget:  # older items exist that were not read: count them
+        dropped = store.count_history(engine, conversation_id, readable_by, unknown_readable) - len(items)
+    return items, dropped, rows[len(rows) - len(items):]  # the budget leaves out the oldest only
+
+
 class Turn:
     """One request's hold on a conversation: what to send upstream, then commit or abort, once.
 
-    ``upstream`` is the request with the stored history before the new input. The gateway asks
-    for reasoning's ``encrypted_content`` (it carries the model's thinking into the next turn);
-    when the client did not ask for it, ``redact`` takes it out of what the client sees.
+    ``upstream`` is the request with the stored history before the new input, as the account
+    that served the conversation so far can read it. The gateway asks for reasoning's
+    ``encrypted_content`` (it carries the model's thinking into the next turn); when the client
+    did not ask for it, ``redact`` takes it out of what the client sees.
+
+    Each stored item remembers the account that served its turn: reasoning and compaction items
+    mean something to that account only. ``upstream_for`` prepares the request for an account
+    that cannot read some of the history (the conversation moved).
     """
 
-    def __init__(self, leases, conversation_id, owner, upstream, new_items, dropped, redact, metrics):
+    def __init__(self, leases, conversation_id, owner, upstream, new_items, budget, dropped, issuers, redact,
+                 metrics):
         self.engine = leases.engine
         self._leases = leases
         self._metrics = metrics
@@ -73,20 +95,46 @@ class Turn:
         self.owner = owner
         self.upstream = upstream
         self.new_items = new_items
+        self.budget = budget
         self.dropped = dropped
+        # How many account-bound items of ``upstream``'s history each account issued (None: unknown).
+        self.issuers = issuers
         self.redact = redact
         self._done = False
 
-    def commit(self, output_items):
-        """Append the turn's input and output in one transaction, releasing the lease. When that
-        fails, the lease is released all the same and the conversation is left as it was."""
+    def upstream_for(self, account_id, strict=False):
+        """(request, what changed) for an account that cannot read all of ``upstream``, else None.
+
+        The history is then read again as that account can read it: the reasoning and
+        compaction items other accounts issued are left out, and when the latest compaction
+        item is one of them, the history from before it is sent instead (within the budget).
+        ``strict`` (after the upstream refused what it could not read) also leaves out the
+        items of unknown issuer, and those of the new input.
+        """
+        readable = (account_id,) if strict else (account_id, None)
+        unreadable = sum(count for issuer, count in self.issuers.items() if issuer not in readable)
+        new_items = self.new_items
+        if strict:
+            new_items, left_out = without_account_bound(new_items)
+            unreadable += left_out
+        if not unreadable:
+            return None
+        history, self.dropped, _ = history_of(self.engine, self.conversation_id, self.budget, account_id,
+                                              unknown_readable=not strict)
+        self.new_items = new_items  # stored as sent
+        return dict(self.upstream, input=history + new_items), {"dropped": unreadable, "history": len(history)}
+
+    def commit(self, output_items, account_id=None):
+        """Append the turn's input and output in one transaction, releasing the lease, as items
+        of ``account_id`` (the account that answered). When that fails, the lease is released
+        all the same and the conversation is left as it was."""
         if self._done:
             return
         self._done = True
         self._leases.forget(self.owner)
         try:
-            store.append(self.engine, self.conversation_id, list(self.new_items) + list(output_items),
-                         release_owner=self.owner)
+            store.append(self.engine, self.conversation_id, stored_input(self.new_items) + list(output_items),
+                         release_owner=self.owner, account_id=account_id)
         except BaseException:
             self._metrics.turn("failed")
             self._leases.release(self.owner, self.conversation_id)
@@ -175,10 +223,19 @@ class TurnLeases:
                 log_failure(log, "could not renew or release the leases of conversation turns", exc)
 
 
+def stored_input(items):
+    """What a turn's input adds to its conversation: all but ``compaction_trigger``, which asks
+    for the compaction item and stands for nothing itself."""
+    return [item for item in items if item.get("type") != COMPACTION_TRIGGER]
+
+
 def without_encrypted(value):
-    """A copy of an event or response without the ``encrypted_content`` of reasoning items."""
+    """A copy of an event or response without the ``encrypted_content`` of reasoning items (a
+    compaction item's is the item itself: the client gets it whatever it included)."""
     if isinstance(value, dict):
-        return {key: without_encrypted(item) for key, item in value.items() if key != "encrypted_content"}
+        reasoning = value.get("type") == "reasoning"
+        return {key: without_encrypted(item) for key, item in value.items()
+                if not (reasoning and key == "encrypted_content")}
     if isinstance(value, list):
         return [without_encrypted(item) for item in value]
     return value
@@ -217,19 +274,21 @@ class ConversationService:
                            param="conversation", code="conversation_busy")
         self.leases.hold(owner, conversation_id)
         new_items = upstream["input"]
+        budget = max(0, self.max_items - len(new_items))
         try:
-            history, dropped = within_budget(store.load_items(self.engine, conversation_id),
-                                             max(0, self.max_items - len(new_items)))
+            history, dropped, rows = history_of(self.engine, conversation_id, budget)
         except BaseException:
             self.leases.release(owner, conversation_id)
             raise
+        issuers = collections.Counter(issuer for _, kind, _, _, issuer in rows if kind in ACCOUNT_BOUND_TYPES)
         prepared = dict(upstream, input=history + new_items)
         include = list(upstream.get("include") or ())
         redact = None
         if "reasoning.encrypted_content" not in include:
             prepared["include"] = include + ["reasoning.encrypted_content"]
             redact = without_encrypted
-        return Turn(self.leases, conversation_id, owner, prepared, new_items, dropped, redact, self.metrics)
+        return Turn(self.leases, conversation_id, owner, prepared, new_items, budget, dropped, issuers, redact,
+                    self.metrics)
 
     # -- the Conversations API ------------------------------------------------------------
 

@@ -55,21 +55,42 @@ class AccountPool:
 
     # -- choosing ----------------------------------------------------------------------------
 
-    def choose(self, cache_key=None, exclude=(), follow=True, version=None):
+    def choose(self, cache_key=None, exclude=(), follow=True, version=None, prefer=None):
         """The account for the next attempt, and a dict describing the decision (for the log).
 
-        With ``follow``, a ``cache_key`` seen before goes back to its account while that one is
-        usable. Without it (a conversation's first turn: no cached prefix to reuse yet) the
-        least busy account serves and is remembered for the turns that follow. ``version`` is
-        the accounts version read with the request's API key, which spares a query; a failover
-        passes none, so it sees the cooldowns its request wrote. Raises the ``unavailable`` error.
+        ``prefer`` (the account that issued the request's turn state) serves while it is usable,
+        and the cache key follows it. Else, with ``follow``, a ``cache_key`` seen before goes
+        back to its account while that one is usable. Without it (a conversation's first turn:
+        no cached prefix to reuse yet) the least busy account serves and is remembered for the
+        turns that follow. When the key's account cannot serve, the decision says ``"affinity":
+        "moved"`` and ``"from"`` that account. ``version`` is the accounts version read with the
+        request's API key, which spares a query; a failover passes none, so it sees the
+        cooldowns its request wrote. Raises the ``unavailable`` error.
         """
         now = time.time()
         accounts = self._snapshot.current(version)
         usable = [account for account in accounts if account.id not in exclude and account.usable(now)]
         if not usable:
             raise _why_unavailable(accounts, now)
-        return self._selector.pick(usable, cache_key, follow, now)
+        return self._selector.pick(usable, cache_key, follow, now, prefer)
+
+    def owner_of(self, key):
+        """The account that issued a turn state (by its hashed ``key``), if known: shared by every
+        worker and host, as cache affinity is."""
+        return self._selector.owner(key, time.time())
+
+    def remember_owner(self, key, account_id):
+        self._selector.remember_owner(key, account_id, time.time())
+
+    def boundary_of(self, cache_key):
+        """Where the items of the accounts a thread moved away from end, in what its client sends
+        (as ``choose`` just found it; None: it never moved, or nothing was left behind)."""
+        return self._selector.boundary(cache_key)
+
+    def set_boundary(self, cache_key, account_id, boundary):
+        """The thread of ``cache_key`` moved to ``account_id``: what it carries up to the item
+        ``boundary`` names was issued elsewhere. Written at once, for every worker."""
+        self._selector.set_boundary(cache_key, account_id, boundary, time.time())
 
     def first_usable(self):
         now = time.time()

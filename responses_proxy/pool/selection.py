@@ -43,7 +43,7 @@ class Selector:
         self._remote_load_at = 0.0
         self._recent = {}
         self._recent_at = 0.0
-        self._affinity = collections.OrderedDict()  # cache key -> (account id, checked at)
+        self._affinity = collections.OrderedDict()  # cache key -> (account id, checked at, boundary)
         self._affinity_touch = {}  # cache key -> (account id, time): timestamp refreshes to write
 
     # -- requests in flight ------------------------------------------------------------------
@@ -61,7 +61,7 @@ class Selector:
 
     # -- choosing ----------------------------------------------------------------------------
 
-    def pick(self, usable, cache_key, follow, now):
+    def pick(self, usable, cache_key, follow, now, prefer=None):
         """(account, decision) among ``usable`` (not empty); see ``AccountPool.choose``."""
         sticky = None
         if cache_key and follow:
@@ -70,17 +70,27 @@ class Selector:
             if sticky not in usable_ids:
                 # Another worker may already have moved this key: follow it there too.
                 sticky = self._affinity_lookup(cache_key, now, fresh=True) or sticky
-            for account in usable:
-                if account.id == sticky:
-                    self._affinity_remember(cache_key, sticky, now, changed=False)
-                    return account, {"event": "account", "account": sticky, "affinity": "hit"}
-        remote = self._remote_loads(now)
-        recent = self._recent_usage(now)
-        chosen = min(usable, key=lambda account: self._busyness(account, remote, recent))
+        chosen = None
+        if prefer is not None:
+            chosen = next((account for account in usable if account.id == prefer), None)
+        if chosen is None and sticky is not None:
+            chosen = next((account for account in usable if account.id == sticky), None)
+        if chosen is None:
+            remote = self._remote_loads(now)
+            recent = self._recent_usage(now)
+            chosen = min(usable, key=lambda account: self._busyness(account, remote, recent))
         decision = {"event": "account", "account": chosen.id}
+        if chosen.id == prefer:
+            decision["turn_state"] = "issuer"
         if cache_key:
-            decision["affinity"] = "moved" if sticky else "new"
-            self._affinity_remember(cache_key, chosen.id, now, changed=follow)
+            if chosen.id == sticky:
+                decision["affinity"] = "hit"
+            elif sticky:
+                decision["affinity"] = "moved"
+                decision["from"] = sticky  # what the thread's items were issued by
+            else:
+                decision["affinity"] = "new"
+            self._affinity_remember(cache_key, chosen.id, now, changed=follow and chosen.id != sticky)
         return chosen, decision
 
     def _busyness(self, account, remote, recent):
@@ -112,14 +122,17 @@ class Selector:
         cached = self._affinity.get(cache_key)
         if cached and not fresh and now - cached[1] < AFFINITY_TRUST_SECONDS:
             return cached[0]
-        account_id = pool_state.affinity_get(self._engine, cache_key, now - self._affinity_ttl)
-        if account_id:
-            self._affinity[cache_key] = (account_id, now)
-        return account_id
+        row = pool_state.affinity_get(self._engine, cache_key, now - self._affinity_ttl)
+        if row is None:
+            return None
+        self._affinity[cache_key] = (row[0], now, row[1])
+        return row[0]
 
     def _affinity_remember(self, cache_key, account_id, now, changed):
         previous = self._affinity.pop(cache_key, None)
-        self._affinity[cache_key] = (account_id, now)
+        # A thread that moves starts without a boundary (``set_boundary`` gives it its own).
+        boundary = previous[2] if previous and previous[0] == account_id and not changed else None
+        self._affinity[cache_key] = (account_id, now, boundary)
         if len(self._affinity) > AFFINITY_LOCAL_MAX:
             self._affinity.popitem(last=False)
         if changed:
@@ -128,13 +141,37 @@ class Selector:
             # a stall), the request goes on and the upkeep writes it later.
             try:
                 pool_state.affinity_put(self._engine, [{"cache_key": cache_key, "account_id": account_id,
-                                                        "updated_at": now}])
+                                                        "updated_at": now, "boundary": None}])
             except SQLAlchemyError as exc:
                 log.warning("affinity not written; the upkeep will retry", extra={"fields": {
                     "error": describe_error(exc)}})
                 self._affinity_touch[cache_key] = (account_id, now)
         elif previous is None or previous[0] != account_id or now - previous[1] > AFFINITY_TRUST_SECONDS:
             self._affinity_touch[cache_key] = (account_id, now)
+
+    def boundary(self, cache_key):
+        """The boundary of a key's thread as its last lookup found it (see ``tables.affinity``)."""
+        cached = self._affinity.get(cache_key)
+        return cached[2] if cached else None
+
+    def set_boundary(self, cache_key, account_id, boundary, now):
+        self._affinity[cache_key] = (account_id, now, boundary)
+        pool_state.affinity_put(self._engine, [{"cache_key": cache_key, "account_id": account_id,
+                                                "updated_at": now, "boundary": boundary}])
+
+    def owner(self, key, now):
+        """The account a turn state was issued by (``key``: see ``affinity.turn_state_key``), or None."""
+        cached = self._affinity.get(key)
+        # An issuer never changes: once known here, it needs no query.
+        account_id = cached[0] if cached else self._affinity_lookup(key, now)
+        if account_id:
+            self._affinity_remember(key, account_id, now, changed=False)  # in use: kept past the TTL
+        return account_id
+
+    def remember_owner(self, key, account_id, now):
+        cached = self._affinity.get(key)
+        # Written at once: the turn's next request may reach another worker within milliseconds.
+        self._affinity_remember(key, account_id, now, changed=cached is None or cached[0] != account_id)
 
     def take_affinity_touches(self):
         """The affinity timestamps to write, handed over once (the upkeep writes them in batches)."""

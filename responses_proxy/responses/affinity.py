@@ -29,3 +29,9 @@ def affinity_key(api_key_id, body):
                 "system", "developer"))] if isinstance(history, list) else [history]
             follow = len(turns) > 1
     return hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest(), follow
+
+
+def turn_state_key(api_key_id, turn_state):
+    """The affinity table's key for a turn state: hashed, and scoped to the API key (a turn state
+    routes only the requests of the key it was given to)."""
+    return hashlib.sha256(f"{api_key_id}\x00turn-state\x00{turn_state}".encode("utf-8", "surrogatepass")).hexdigest()

@@ -74,7 +74,7 @@ class Exchange:
         if turn is None:
             return
         if completed:
-            turn.commit(output_items)
+            turn.commit(output_items, self.row["account_id"])
         else:
             turn.abort()
 

@@ -18,11 +18,12 @@ from ..errors import (
     UsageLimitReached,
     unavailable,
 )
-from ..items import conversation_id_of, to_json
-from ..upstream.client import UpstreamUnavailable, error_for_status, read_error_body, upstream_headers
+from ..items import conversation_id_of
+from ..upstream.client import TURN_STATE, UpstreamUnavailable, error_for_status, read_error_body, upstream_headers
 from ..upstream.oauth import RefreshFailed
-from .affinity import affinity_key
+from .affinity import affinity_key, turn_state_key
 from .normalize import to_upstream
+from .threads import Outbound, names_unreadable_items, turn_state_of
 
 # Names derived per API key: the same client cache key under two keys is two upstream sessions.
 _CACHE_KEY_SCOPE = uuid.UUID("6f1d7c55-3f0c-4f53-9a8e-2b1a4c7e9d10")
@@ -76,29 +77,42 @@ class ResponsesService:
         upstream = to_upstream(body)
         if body.get("prompt_cache_key"):
             upstream["prompt_cache_key"] = scoped_cache_key(key["id"], body["prompt_cache_key"])
-        headers = {}
+        client_headers = client_headers or {}
+        turn = None
         if body.get("conversation") is not None:
-            exchange.turn = self.conversations.begin_turn(key, conversation_id_of(body["conversation"]), upstream)
-            upstream = exchange.turn.upstream
-            headers["X-Conversation-Items-Dropped"] = str(exchange.turn.dropped)
-        payload = to_json(upstream)
+            turn = exchange.turn = self.conversations.begin_turn(key, conversation_id_of(body["conversation"]),
+                                                                 upstream)
+            upstream = turn.upstream
+        turn_state = turn_state_of(client_headers, body)
+        owner = None
+        if isinstance(turn_state, str):
+            owner = self.pool.owner_of(turn_state_key(key["id"], turn_state))
+        outbound = Outbound(upstream, upstream_headers(client_headers, upstream.get("prompt_cache_key")), turn,
+                            turn_state, owner)
         affinity, follow = affinity_key(key["id"], body)
-        response = self.open_upstream(exchange, payload, affinity, follow,
-                                      upstream_headers(client_headers or {}, upstream.get("prompt_cache_key")),
-                                      accounts_version)
-        tracker = relay.Tracker(redact=exchange.turn.redact if exchange.turn is not None else None)
+        response = self.open_upstream(exchange, outbound, affinity, follow, accounts_version)
+        headers = {}
+        if turn is not None:
+            headers["X-Conversation-Items-Dropped"] = str(turn.dropped)
+        remember = TurnStates(self.pool, key["id"], exchange.row["account_id"])
+        issued = response.headers.get(TURN_STATE)
+        if issued is not None:
+            remember(issued)
+            headers[TURN_STATE] = issued
+        tracker = relay.Tracker(redact=turn.redact if turn is not None else None, on_turn_state=remember)
         if body.get("stream"):
             return self.stream(exchange, response, tracker, client, relay_class), headers
         return self.complete(exchange, response, tracker, client), headers
 
     # -- choosing an account and sending -----------------------------------------------------
 
-    def open_upstream(self, exchange, payload, affinity, follow, headers, accounts_version=None):
+    def open_upstream(self, exchange, outbound, affinity, follow, accounts_version=None):
         """Send the request to the first account that takes it; returns the 200 response.
 
         Nothing has reached the client yet, so a 429, a 401 that survives one token refresh,
         a 403, a 5xx or a connection failure moves on to the next account (at most
-        ``MAX_ATTEMPTS``). Any other 4xx is about the request itself and is final.
+        ``MAX_ATTEMPTS``). Any other 4xx is about the request itself and is final, but for a
+        refusal of items the account cannot read (see ``attempt``).
         """
         tried = set()
         last_error = None
@@ -107,15 +121,20 @@ class ResponsesService:
                 # The version read with the key serves the first choice only: a failover must see
                 # what this request itself wrote meanwhile (a cooldown).
                 account, decision = self.pool.choose(affinity, tried, follow=follow,
-                                                     version=None if tried else accounts_version)
+                                                     version=None if tried else accounts_version,
+                                                     prefer=outbound.owner)
             except ApiError:
                 if last_error is None:
                     raise
                 break
             tried.add(account.id)
             exchange.decide(**decision)
+            boundary = self.pool.boundary_of(affinity) if decision.get("affinity") == "hit" else None
+            prepared = outbound.prepare(exchange, account.id, decision.get("from"), boundary)
+            if prepared.boundary is not None:
+                self.pool.set_boundary(affinity, account.id, prepared.boundary)
             try:
-                return self.attempt(exchange, account, payload, headers)
+                return self.attempt(exchange, account, outbound, prepared, affinity)
             except AttemptFailed as failed:
                 last_error = failed.error
                 exchange.decide("failover", account=account.id, reason=last_error.code)
@@ -125,26 +144,41 @@ class ResponsesService:
             raise exhausted if isinstance(exhausted, UsageLimitReached) else last_error
         raise last_error
 
-    def attempt(self, exchange, account, payload, headers):
-        """One account's try: refresh its token if due, send, and after a 401 refresh and resend once."""
+    def attempt(self, exchange, account, outbound, prepared, affinity=None):
+        """One account's try: refresh its token if due, send, and after a 401 refresh and resend once.
+
+        An account that refuses input items it cannot read (another account's encrypted
+        content, an item reduced to its id) gets the request once more without them, and the
+        thread of ``affinity`` leaves them out from then on.
+        """
         if self.pool.needs_refresh(account):
             account = self.refresh(exchange, account, "expiring", required=False)
-        response = self.send(exchange, account, payload, headers)
+        response = self.send(exchange, account, prepared)
         if response.status_code == 401:
             exchange.decide("upstream_status", account=account.id, status=401)
             read_error_body(response)  # to its end: the connection goes back to the pool
             account = self.refresh(exchange, account, "upstream 401", required=True)
-            response = self.send(exchange, account, payload, headers)
+            response = self.send(exchange, account, prepared)
         if response.status_code == 200:
             return response
-        raise self.refused(exchange, account, response)
+        status, raw = response.status_code, read_error_body(response)
+        if status in (400, 404) and names_unreadable_items(status, raw):
+            retry = outbound.readable_only(exchange, account.id, prepared, status)
+            if retry is not None:
+                response = self.send(exchange, account, retry)
+                if response.status_code == 200:
+                    if retry.boundary is not None:
+                        self.pool.set_boundary(affinity, account.id, retry.boundary)
+                    return response
+                status, raw = response.status_code, read_error_body(response)
+        raise self.refused(exchange, account, status, raw)
 
-    def send(self, exchange, account, payload, headers):
+    def send(self, exchange, account, prepared):
         """POST to one account, holding its in-flight slot; returns the response whatever its
         status (the slot is kept only for a 200)."""
         exchange.hold(self.pool.begin(account.id))
         try:
-            response = self.client.open_responses(account.credentials, payload, headers)
+            response = self.client.open_responses(account.credentials, prepared.payload, prepared.headers)
         except UpstreamUnavailable as exc:
             exchange.release_slot()
             exchange.metrics.upstream_unreachable(account.id)
@@ -158,10 +192,10 @@ class ResponsesService:
             exchange.release_slot()
         return response
 
-    def refused(self, exchange, account, response):
-        """The error for an upstream answer other than 200: a failover, or final."""
-        exchange.decide("upstream_status", account=account.id, status=response.status_code)
-        error = error_for_status(response.status_code, read_error_body(response), self.default_cooldown)
+    def refused(self, exchange, account, status, raw):
+        """The error for an upstream answer other than 200 (``raw``: its body): a failover, or final."""
+        exchange.decide("upstream_status", account=account.id, status=status)
+        error = error_for_status(status, raw, self.default_cooldown)
         if isinstance(error, UsageLimitReached):
             self.pool.cool_down(account, error.extra["resets_at"], error.message)
             exchange.decide("cooldown", account=account.id, until=error.extra["resets_at"])
@@ -219,6 +253,21 @@ class ResponsesService:
             result = tracker.redact(result)
         exchange.finish(200, tracker.error_code(), time.perf_counter() - exchange.started, relay.usage_of(result))
         return result
+
+
+class TurnStates:
+    """Remembers which account issued the turn states of one answer (the response header, or a
+    ``response.metadata`` event), so that the requests echoing them go back there."""
+
+    __slots__ = ("pool", "key_id", "account_id")
+
+    def __init__(self, pool, key_id, account_id):
+        self.pool = pool
+        self.key_id = key_id
+        self.account_id = account_id
+
+    def __call__(self, turn_state):
+        self.pool.remember_owner(turn_state_key(self.key_id, turn_state), self.account_id)
 
 
 def settle(exchange, raising=False):

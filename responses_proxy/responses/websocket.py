@@ -33,7 +33,7 @@ from wsproto.utilities import RemoteProtocolError
 from ..errors import UNEXPECTED, ApiError, InvalidApiKey, InvalidRequest, api_error, log_failure
 from ..items import user_text_message
 from ..relay import ClientGone, Relay
-from ..upstream.client import upstream_headers
+from ..upstream.client import TURN_STATE, upstream_headers
 from ..validation import EXPECTED, MISSING, explain
 from .exchange import Exchange
 from .normalize import messages_to_items
@@ -394,9 +394,15 @@ class Session:
         # each later request's own in its client_metadata.
         headers = {**self.headers, TURN_METADATA: turn} if isinstance(turn, str) else self.headers
         with self.ws.watched() as client:
-            stream, _ = self.shared.responses.create(exchange, key, body, client, headers, accounts_version,
-                                                     relay_class=WebSocketRelay)
+            stream, answer_headers = self.shared.responses.create(exchange, key, body, client, headers,
+                                                                  accounts_version, relay_class=WebSocketRelay)
             try:
+                issued = answer_headers.get(TURN_STATE)
+                if issued is not None:
+                    # What a POST gets as a response header; Codex reads it from this event here
+                    # and echoes it in client_metadata for the rest of the turn.
+                    self.ws.write(text_frame(orjson.dumps(
+                        {"type": "response.metadata", "headers": {TURN_STATE: issued}})))
                 for chunk in stream:
                     self.ws.write(chunk)
             finally:

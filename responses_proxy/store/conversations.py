@@ -5,10 +5,15 @@ import secrets
 import time
 
 import orjson
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Integer, bindparam, delete, func, insert, or_, select, update
 
 from . import take_lease, write
 from .tables import conversation_items, conversations
+
+# The item types a conversation's history is read by: a compaction item stands for everything
+# before it, and these only mean something to the account that issued them.
+COMPACTION = "compaction"
+ACCOUNT_BOUND_TYPES = ("reasoning", COMPACTION)
 
 ID_PREFIXES = {"message": "msg", "function_call_output": "fco", "function_call": "fc", "reasoning": "rs"}
 
@@ -94,10 +99,11 @@ class LeaseLost(Exception):
     """The turn's lease expired and another request took the conversation meanwhile."""
 
 
-def append(engine, conversation_id, items, release_owner=None):
+def append(engine, conversation_id, items, release_owner=None, account_id=None):
     """Append items as one new turn, atomically; with ``release_owner``, only while that owner
     still holds the turn lease (``LeaseLost`` otherwise, nothing written), releasing it in the
-    same transaction. Returns the stored items (with their ids)."""
+    same transaction. ``account_id``: the account that served the turn. Returns the stored
+    items (with their ids)."""
     now = time.time()
     with write(engine) as conn:
         if release_owner:
@@ -106,10 +112,10 @@ def append(engine, conversation_id, items, release_owner=None):
             ).values(busy_until=None, busy_owner=None)).rowcount
             if released != 1:
                 raise LeaseLost(f"the turn lease of {conversation_id} was lost")
-        return _append(conn, conversation_id, items, now)
+        return _append(conn, conversation_id, items, now, account_id)
 
 
-def _append(conn, conversation_id, items, now):
+def _append(conn, conversation_id, items, now, account_id=None):
     # Reserving the positions and the turn number is one UPDATE: concurrent appends never
     # collide, on SQLite or PostgreSQL.
     reserved = conn.execute(update(conversations).where(conversations.c.id == conversation_id).values(
@@ -126,7 +132,7 @@ def _append(conn, conversation_id, items, now):
             "conversation_id": conversation_id, "position": first_position + offset, "turn": turn,
             # Input items were checked up front; output items come from the upstream as they are.
             "item_id": item_id, "type": indexed(item.get("type"), 64), "call_id": indexed(item.get("call_id"), 200),
-            "data": orjson.dumps(item).decode(), "created_at": now,
+            "data": orjson.dumps(item).decode(), "created_at": now, "account_id": account_id,
         })
         stored.append((item_id, item))
     if rows:
@@ -134,14 +140,65 @@ def _append(conn, conversation_id, items, now):
     return stored
 
 
-def load_items(engine, conversation_id):
-    """Every item of a conversation in order, one indexed query: [(turn, type, call_id, data)]."""
+def _history(conversation_id, readable_by, unknown_readable):
+    """The WHERE clause of the items a turn may send (see ``load_history``)."""
+    columns = conversation_items.c
+    in_conversation = columns.conversation_id == conversation_id
+    readable = None
+    if readable_by is not None:
+        readable = columns.account_id == readable_by
+        if unknown_readable:
+            readable = or_(readable, columns.account_id.is_(None))
+    latest = select(func.max(columns.position)).where(in_conversation, columns.type == COMPACTION)
+    clauses = [in_conversation]
+    if readable is not None:
+        latest = latest.where(readable)
+        clauses.append(or_(columns.type.is_(None), columns.type.not_in(ACCOUNT_BOUND_TYPES), readable))
+    clauses.append(columns.position >= func.coalesce(latest.scalar_subquery(), -1))
+    return clauses
+
+
+def _history_query(where):
+    columns = conversation_items.c
+    return (select(columns.turn, columns.type, columns.call_id, columns.data, columns.account_id).where(*where)
+            .order_by(columns.position.desc()).limit(bindparam("limit", type_=Integer)))
+
+
+# Every turn of every conversation runs this one: built once.
+HISTORY = _history_query(_history(bindparam("conversation_id"), None, True))
+
+
+def load_history(engine, conversation_id, budget, readable_by=None, unknown_readable=True):
+    """The stored items a turn can send, in order: [(turn, type, call_id, data, account_id)].
+
+    The history starts at the latest compaction item (which stands for everything before it),
+    and holds the newest ``budget + 1`` items at most: one more than fits says that older ones
+    exist, and ``within_budget`` leaves out the oldest turn, the one that may be cut.
+
+    With ``readable_by`` (an account id) it is what that account can read: from the latest
+    compaction item it issued, without the reasoning and compaction items other accounts
+    issued. Items of no known issuer (added through the Conversations API) count as readable
+    unless ``unknown_readable`` is False.
+
+    One query, on indexes: the items before the history, or older than the budget, are not read.
+    """
+    parameters = {"limit": budget + 1}
+    if readable_by is None:
+        query = HISTORY
+        parameters["conversation_id"] = conversation_id
+    else:
+        query = _history_query(_history(conversation_id, readable_by, unknown_readable))
     with engine.connect() as conn:
-        return conn.execute(
-            select(conversation_items.c.turn, conversation_items.c.type, conversation_items.c.call_id,
-                   conversation_items.c.data)
-            .where(conversation_items.c.conversation_id == conversation_id)
-            .order_by(conversation_items.c.position)).all()
+        rows = conn.execute(query, parameters).all()
+    rows.reverse()
+    return rows
+
+
+def count_history(engine, conversation_id, readable_by=None, unknown_readable=True):
+    """How many items ``load_history`` would return without a budget (an index range count)."""
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(conversation_items).where(
+            *_history(conversation_id, readable_by, unknown_readable))).scalar()
 
 
 def list_items(engine, conversation_id, limit, after=None, descending=True):

@@ -9,16 +9,20 @@ from .tables import affinity, worker_load
 
 
 def affinity_get(engine, cache_key, not_before):
+    """(account id, boundary) of a key used since ``not_before``, or None."""
     with engine.connect() as conn:
-        return conn.execute(select(affinity.c.account_id).where(
-            affinity.c.cache_key == cache_key, affinity.c.updated_at >= not_before)).scalar()
+        row = conn.execute(select(affinity.c.account_id, affinity.c.boundary).where(
+            affinity.c.cache_key == cache_key, affinity.c.updated_at >= not_before)).first()
+    return tuple(row) if row else None
 
 
 def affinity_put(engine, rows):
-    """rows: [{"cache_key", "account_id", "updated_at"}]"""
+    """rows: [{"cache_key", "account_id", "updated_at"}], or all with a "boundary" too (which
+    then replaces the stored one; else it is left as it is)."""
     if rows:
+        updates = ["account_id", "updated_at", *(["boundary"] if "boundary" in rows[0] else [])]
         with write(engine) as conn:
-            upsert(conn, affinity, rows, ["cache_key"], ["account_id", "updated_at"])
+            upsert(conn, affinity, rows, ["cache_key"], updates)
 
 
 def affinity_prune(engine, older_than):

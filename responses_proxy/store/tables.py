@@ -84,6 +84,9 @@ affinity = Table(
     Column("cache_key", String(64), primary_key=True),  # SHA-256 hex, never the client's key itself
     Column("account_id", String(32), nullable=False),
     Column("updated_at", Float, nullable=False),
+    # After the key's thread moved: the last item the client sent that the previous account
+    # issued (SHA-256 hex of its id), so that later requests leave out that account's items.
+    Column("boundary", String(64), nullable=True),
     Index("ix_affinity_updated_at", "updated_at"),
 )
 
@@ -124,8 +127,13 @@ conversation_items = Table(
     Column("call_id", String(200), nullable=True),
     Column("data", Text, nullable=False),  # the item as JSON, exactly as sent upstream
     Column("created_at", Float, nullable=False),
+    # The account that served the turn which added the item: only that account can read its
+    # encrypted content. NULL when unknown (items added through the Conversations API).
+    Column("account_id", String(32), nullable=True),
     Index("ix_conversation_items_position", "conversation_id", "position", unique=True),
     Index("ix_conversation_items_item", "conversation_id", "item_id"),
+    # The latest compaction item of a conversation, without reading its other items.
+    Index("ix_conversation_items_type", "conversation_id", "type", "position"),
 )
 
 # One row per host, written by each readiness check: a write that must commit to count.

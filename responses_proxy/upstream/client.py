@@ -19,13 +19,16 @@ ERROR_BODY_LIMIT = 64 * 1024
 
 # Client headers the Codex backend reads (feature flags, turn metadata): passed on as sent.
 FORWARDED_HEADER_PREFIXES = ("x-codex-", "x-openai-internal-codex-")
+# Issued by an upstream account at the start of a turn and echoed by Codex for the rest of it:
+# only ever sent back to the account that issued it (see responses.threads).
+TURN_STATE = "x-codex-turn-state"
 
 
 def upstream_headers(client_headers, prompt_cache_key=None):
-    """The per-request headers for the upstream: the Codex client's own, and ``session_id``
-    (the backend routes a session's requests to the same prompt cache by it)."""
+    """The per-request headers for the upstream: the Codex client's own (but its turn state),
+    and ``session_id`` (the backend routes a session's requests to the same prompt cache by it)."""
     headers = {name: value for name, value in client_headers.items()
-               if name.lower().startswith(FORWARDED_HEADER_PREFIXES)}
+               if name.lower().startswith(FORWARDED_HEADER_PREFIXES) and name.lower() != TURN_STATE}
     if prompt_cache_key:
         headers["session_id"] = prompt_cache_key
     return headers

@@ -30,7 +30,8 @@ from wsproto.events import (
 
 from responses_proxy.store import accounts as account_store
 from responses_proxy.store.tables import accounts, api_keys, usage
-from tests.conftest import POSTGRES_URL, ROOT, unique
+from tests.conftest import POSTGRES_URL, ROOT, Gateway, unique
+from tests.fake_upstream import auth_json
 
 # One SSE frame as the gateway must write it: an event line and a one-line JSON data line, or
 # the keepalive comment. Anything else (multi-line data, missing event line, stray blank line)
@@ -373,3 +374,26 @@ def cli(gateway, *args):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def make_gateway(request, upstream, tmp_path_factory):
+    """Start a gateway with ``n`` accounts (fake ids acct-0..n-1) on the parametrized database."""
+    started = []
+
+    def start(n=3, env=None, documents=None):
+        env = dict(env or {})
+        if request.param == "postgresql":
+            env["RESPONSES_PROXY_DATABASE_URL"] = request.getfixturevalue("postgres_url")
+        server = Gateway(tmp_path_factory.mktemp("pool"), upstream.base_url, env=env)
+        started.append(server)
+        server.start()
+        documents = documents or [auth_json(account_id=f"acct-{i}", last_refresh="2099-01-01T00:00:00Z")
+                                  for i in range(n)]
+        server.rows = [server.import_account(document) for document in documents]
+        server.key = server.create_key()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -21,7 +21,7 @@ import requests
 from responses_proxy.responses.service import scoped_cache_key
 from tests.conftest import Gateway
 from tests.e2e.conftest import ACCOUNT, events_of, key_id, read_stream, split_frames
-from tests.fake_upstream import Script
+from tests.fake_upstream import ISSUED, Script, compaction_answer
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 CODEX = shutil.which("codex")
@@ -333,3 +333,117 @@ def test_codex_falls_back_to_post_at_once_when_websockets_are_off(fake_upstream,
         assert server.log(None).count('"GET /v1/responses HTTP/1.1" 426') == 1
     finally:
         server.stop()
+
+
+# Remote compaction (v2) is the built-in provider's: Codex compacts mid-turn, before a tool
+# call's follow-up, once the last usage plus its estimate of the new items passes the limit.
+CONFIG_COMPACTING = CONFIG_BUILT_IN.replace("check_for_update_on_startup = false\n",
+                                            "check_for_update_on_startup = false\n"
+                                            "model_auto_compact_token_limit = 5000\n")
+NEAR_THE_LIMIT = {"input_tokens": 5900, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 100,
+                  "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 6000}
+
+
+def compacting_turn(upstream, model="gpt-5.5"):
+    """A tool call that fills the context, the compaction Codex asks for then, the answer."""
+    call = Script(model).start().reasoning(encrypted_content=ISSUED).function_call(
+        "exec_command", ['{"cmd":"echo gateway-', 'tool-ok"}'], call_id="call_compact").completed(
+        usage=NEAR_THE_LIMIT)
+    answer = Script(model).start().message(["Compacted ", "and done."]).completed()
+    for events in (call.events(), compaction_answer(model), answer.events()):
+        upstream.push({"events": events}, account=ACCOUNT)
+
+
+def assert_compacted(upstream):
+    """The upstream got Codex's compaction request as sent, and then the compaction item back."""
+    turn, compaction, after = upstream.response_requests()
+    assert compaction["body"]["input"][-1] == {"type": "compaction_trigger"}
+    assert compaction["body"]["input"][:len(turn["body"]["input"])] == turn["body"]["input"]
+    assert json.loads(compaction["headers"]["x-codex-turn-metadata"])["request_kind"] == "compaction"
+    [item] = [item for item in after["body"]["input"] if item.get("type") == "compaction"]
+    assert set(item) == {"type", "id", "encrypted_content"} and item["id"].startswith("cmp_")
+    assert upstream.issuer_of(item["encrypted_content"]) == ACCOUNT
+    assert not any(item.get("type") in ("function_call", "function_call_output") for item in after["body"]["input"])
+    assert "previous_response_id" not in after["body"]
+
+
+@needs_codex
+def test_codex_remote_compaction_over_the_websocket(e2e, upstream, tmp_path):
+    compacting_turn(upstream)
+    key = e2e.create_key()
+
+    code, out, err = run_codex(e2e, tmp_path, "Run echo gateway-tool-ok", model="gpt-5.5", config=CONFIG_COMPACTING,
+                               key=key, env={"CODEX_API_KEY": key})
+
+    assert code == 0, f"{err[-3000:]}\n{e2e.log()}"
+    assert out.strip() == "Compacted and done."
+    assert_compacted(upstream)
+    assert [line["transport"] for line in request_log(e2e, key)] == ["websocket"] * 4  # the prewarm first
+
+
+@needs_codex
+def test_codex_remote_compaction_over_post(fake_upstream, upstream, tmp_path):
+    server = Gateway(tmp_path / "gateway", fake_upstream.base_url, workers=1, env={"RESPONSES_PROXY_WEBSOCKETS": "off"})
+    (tmp_path / "gateway").mkdir()
+    server.start()
+    try:
+        server.import_account()
+        key = server.create_key()
+        compacting_turn(upstream)
+        code, out, err = run_codex(server, tmp_path, "Run echo gateway-tool-ok", model="gpt-5.5",
+                                   config=CONFIG_COMPACTING, key=key, env={"CODEX_API_KEY": key})
+        assert code == 0, f"{err[-3000:]}\n{server.log()}"
+        assert out.strip() == "Compacted and done."
+        assert_compacted(upstream)
+        assert [line["transport"] for line in request_log(server, key)] == ["http"] * 3
+    finally:
+        server.stop()
+
+
+@needs_codex
+def test_codex_echoes_the_turn_state_to_the_account_that_issued_it(fake_upstream, upstream, tmp_path):
+    """Over POST the first answer of a turn carries the turn state; Codex sends it back with every
+    later request of the turn, and each goes to the account that issued it."""
+    server = Gateway(tmp_path / "gateway", fake_upstream.base_url, env={"RESPONSES_PROXY_WEBSOCKETS": "off"})
+    (tmp_path / "gateway").mkdir()
+    server.start()
+    try:
+        for account in ("acct-0", "acct-1"):
+            server.import_account(account_id=account, last_refresh="2099-01-01T00:00:00Z")
+        key = server.create_key()
+        call = Script("gpt-5.5").start().reasoning(encrypted_content=ISSUED).function_call(
+            "exec_command", ['{"cmd":"echo gateway-', 'tool-ok"}'], call_id="call_state").completed()
+        upstream.push({"events": call.events(), "turn_state": True})  # whichever account serves it
+        upstream.push({"events": Script("gpt-5.5").start().message(["Ran it."]).completed().events()})
+        code, out, err = run_codex(server, tmp_path, "Run echo gateway-tool-ok", model="gpt-5.5",
+                                   config=CONFIG_BUILT_IN, key=key, env={"CODEX_API_KEY": key})
+        assert code == 0, f"{err[-3000:]}\n{server.log()}"
+        assert out.strip() == "Ran it."
+        first, second = upstream.response_requests()
+        [(state, issuer)] = upstream.turn_states
+        assert "x-codex-turn-state" not in first["headers"]
+        assert second["headers"]["x-codex-turn-state"] == state
+        assert first["headers"]["chatgpt-account-id"] == second["headers"]["chatgpt-account-id"] == issuer
+        assert request_log(server, key)[-1]["decisions"][0]["turn_state"] == "issuer"
+    finally:
+        server.stop()
+
+
+@needs_codex
+def test_codex_echoes_the_turn_state_of_a_metadata_event_over_the_websocket(e2e, upstream, tmp_path):
+    call = Script("gpt-5.5").start().reasoning(encrypted_content=ISSUED).function_call(
+        "exec_command", ['{"cmd":"echo gateway-', 'tool-ok"}'], call_id="call_ws_state").completed()
+    upstream.push({"events": call.events(), "turn_state": True}, account=ACCOUNT)
+    upstream.push({"events": Script("gpt-5.5").start().message(["Ran it."]).completed().events()}, account=ACCOUNT)
+    key = e2e.create_key()
+
+    code, out, err = run_codex(e2e, tmp_path, "Run echo gateway-tool-ok", model="gpt-5.5", config=CONFIG_BUILT_IN,
+                               key=key, env={"CODEX_API_KEY": key})
+
+    assert code == 0, f"{err[-3000:]}\n{e2e.log()}"
+    assert out.strip() == "Ran it."
+    first, second = upstream.response_requests()
+    [(state, _)] = upstream.turn_states
+    assert "x-codex-turn-state" not in first["headers"]
+    assert second["body"]["client_metadata"]["x-codex-turn-state"] == state
+    assert second["headers"]["x-codex-turn-state"] == state

@@ -15,36 +15,12 @@ from sqlalchemy import select, update
 
 from responses_proxy.crypto import TokenCipher, fernet_key
 from responses_proxy.store.tables import accounts
-from tests.conftest import Gateway
 from tests.e2e.conftest import RawStream
 from tests.fake_upstream import auth_json
 
 LIMITED = {"status": 429, "body": {"error": {"type": "usage_limit_reached",
                                              "message": "The usage limit has been reached",
                                              "plan_type": "plus", "resets_in_seconds": 3}}}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def make_gateway(request, upstream, tmp_path_factory):
-    """Start a gateway with ``n`` accounts (fake ids acct-0..n-1) on the parametrized database."""
-    started = []
-
-    def start(n=3, env=None, documents=None):
-        env = dict(env or {})
-        if request.param == "postgresql":
-            env["RESPONSES_PROXY_DATABASE_URL"] = request.getfixturevalue("postgres_url")
-        server = Gateway(tmp_path_factory.mktemp("pool"), upstream.base_url, env=env)
-        started.append(server)
-        server.start()
-        documents = documents or [auth_json(account_id=f"acct-{i}", last_refresh="2099-01-01T00:00:00Z")
-                                  for i in range(n)]
-        server.rows = [server.import_account(document) for document in documents]
-        server.key = server.create_key()
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 def ask(gateway, stream=False, timeout=20, **body):
