@@ -14,8 +14,8 @@ from responses_proxy.store import keys as key_store
 from responses_proxy.store import migrate
 from responses_proxy.store import usage as usage_store
 from responses_proxy.store.tables import accounts
-from tests.conftest import ROOT, make_app, usage_row
 from tests.fake_upstream import auth_json, jwt
+from tests.helpers import ROOT, built_usage_row, make_app
 
 
 def run(runner, *args):
@@ -152,8 +152,8 @@ def test_keys_list_shows_limits_and_what_they_count(runner, services):
     free = key_store.create(services.engine, "free")
     held = services.limits.admit(services.keys.authenticate(f"Bearer {limited['key']}")[0])
     try:
-        usage_store.insert_many(services.engine, [usage_row(time.time() - 5, limited["id"], total=40),
-                                                  usage_row(time.time() - 5, free["id"], total=15)])
+        usage_store.insert_many(services.engine, [built_usage_row(time.time() - 5, limited["id"], total=40),
+                                                  built_usage_row(time.time() - 5, free["id"], total=15)])
 
         text = ok(run(runner, "keys", "list"))
         rows = {row["id"]: row for row in json.loads(ok(run(runner, "keys", "list", "--json")))}
@@ -214,7 +214,7 @@ def test_keys_reset_usage(runner, services):
     created = key_store.create(services.engine, "k", rpm=1, daily_tokens=10)
     key = services.keys.authenticate(f"Bearer {created['key']}")[0]
     services.limits.admit(key)
-    usage_store.insert_many(services.engine, [usage_row(time.time(), created["id"], total=25)])
+    usage_store.insert_many(services.engine, [built_usage_row(time.time(), created["id"], total=25)])
     with pytest.raises(Exception, match="Rate limit reached"):
         services.limits.admit(key)
 

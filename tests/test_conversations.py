@@ -13,7 +13,7 @@ from responses_proxy.conversations.service import TurnLeases, within_budget
 from responses_proxy.store import conversations as store
 from responses_proxy.store import keys as key_store
 from responses_proxy.store import make_engine, migrate
-from tests.conftest import make_app
+from tests.helpers import make_app
 
 
 def rows(*turns):

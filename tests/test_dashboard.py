@@ -4,7 +4,7 @@ import json
 import os
 import re
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 METRIC = re.compile(r"\bresponses_proxy_[a-z_]+")
 HELP = re.compile(r"^# HELP (\S+)", re.MULTILINE)

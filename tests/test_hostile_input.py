@@ -17,8 +17,8 @@ from responses_proxy.store import conversations as conversation_store
 from responses_proxy.store import keys as key_store
 from responses_proxy.store.accounts import upsert
 from responses_proxy.upstream.credentials import parse_auth_json
-from tests.conftest import make_app
 from tests.fake_upstream import auth_json
+from tests.helpers import make_app
 
 URL = "/v1/responses"
 MODEL = "gpt-5.2"

@@ -9,7 +9,7 @@ from responses_proxy.keys.limits import KeyLimits, duration, rate_headers, refus
 from responses_proxy.store import limits as store
 from responses_proxy.store import make_engine, migrate
 from responses_proxy.store import usage as usage_store
-from tests.conftest import usage_row
+from tests.helpers import built_usage_row
 
 LEASE = 10.0
 # 01:00 UTC, at the start of a lease period: the arithmetic below crosses neither a day nor a
@@ -36,7 +36,7 @@ def key(rpm=None, concurrency=None, daily_tokens=None, key_id="key_a"):
 
 def finish(engine, tokens, now=NOW, key_id="key_a"):
     """A request of the key finished with ``tokens``: its usage row is written."""
-    usage_store.insert_many(engine, [usage_row(now, key_id, total=tokens)])
+    usage_store.insert_many(engine, [built_usage_row(now, key_id, total=tokens)])
 
 
 def counts(engine, now=NOW, key_id="key_a"):
@@ -179,9 +179,10 @@ def test_tokens_count_on_the_day_their_request_finished(engine):
 
 
 def test_tokens_count_for_every_key_so_a_budget_set_later_knows_the_day(engine):
-    usage_store.insert_many(engine, [usage_row(NOW, "key_a", total=10), usage_row(NOW, "key_b", total=7),
-                                     usage_row(NOW, "key_a", total=15), usage_row(NOW, "key_a", status=502, total=0),
-                                     usage_row(NOW, "key_c", total=0)])
+    usage_store.insert_many(engine, [
+        built_usage_row(NOW, "key_a", total=10), built_usage_row(NOW, "key_b", total=7),
+        built_usage_row(NOW, "key_a", total=15), built_usage_row(NOW, "key_a", status=502, total=0),
+        built_usage_row(NOW, "key_c", total=0)])
     assert (counts(engine).tokens, counts(engine, key_id="key_b").tokens) == (25, 7)
     assert admit(engine, daily_tokens=25) is None
     store.reset(engine, "key_a")

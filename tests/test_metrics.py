@@ -10,8 +10,8 @@ import pytest
 from responses_proxy.store import accounts as account_store
 from responses_proxy.store import conversations as conversation_store
 from responses_proxy.store import keys as key_store
-from tests.conftest import make_app
 from tests.fake_upstream import Script
+from tests.helpers import make_app
 from tests.prometheus import label_values, metric
 from tests.test_pool import add_account
 

@@ -20,8 +20,8 @@ from responses_proxy.store import make_engine, pool_state
 from responses_proxy.store import usage as usage_store
 from responses_proxy.store.tables import accounts, worker_load
 from responses_proxy.upstream.credentials import parse_auth_json
-from tests.conftest import free_port
 from tests.fake_upstream import auth_json
+from tests.helpers import free_port
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from responses_proxy.store import accounts as account_store
 from responses_proxy.store import migrate
 from responses_proxy.store.tables import readiness
 from responses_proxy.upstream.credentials import parse_auth_json
-from tests.conftest import SECRET, make_app, read_only
 from tests.fake_upstream import auth_json
+from tests.helpers import SECRET, make_app, read_only
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from responses_proxy.store import keys as key_store
 from responses_proxy.store import usage as usage_store
 from responses_proxy.store.accounts import upsert
 from responses_proxy.upstream.credentials import parse_auth_json
-from tests.conftest import make_app, usage_row
 from tests.fake_upstream import auth_json
+from tests.helpers import built_usage_row, make_app
 
 TOKEN = "status-admin-token-0123456789"
 HOSTILE_EMAIL = '<img src=x onerror="window.pwned=1">'
@@ -298,10 +298,10 @@ def test_the_data_counts_each_account_and_key_use_and_shows_key_limits(web, stor
     revoked = key_store.create(store.engine, "revoked")
     key_store.revoke(store.engine, revoked["id"])
     usage_store.insert_many(store.engine, [
-        usage_row(now - 60, limited["id"], account_id=account["id"], total=20),
-        usage_row(now - 120, limited["id"], account_id=account["id"], total=30),
-        usage_row(now - 7200, free["id"], account_id=account["id"], total=50),
-        usage_row(now - 2 * 86400, free["id"], account_id=account["id"], total=1000),
+        built_usage_row(now - 60, limited["id"], account_id=account["id"], total=20),
+        built_usage_row(now - 120, limited["id"], account_id=account["id"], total=30),
+        built_usage_row(now - 7200, free["id"], account_id=account["id"], total=50),
+        built_usage_row(now - 2 * 86400, free["id"], account_id=account["id"], total=1000),
     ])
 
     data = web.get("/status/data.json", headers=bearer()).get_json()
@@ -323,9 +323,9 @@ def test_the_chart_has_the_last_24_hours_each_scaled_to_the_busiest(web, store):
     now = time.time()
     key = key_store.create(store.engine, "k")
     this_hour = int(now) // 3600 * 3600
-    rows = [usage_row(this_hour + 1, key["id"], total=10) for _ in range(4)]
-    rows += [usage_row(this_hour - 3 * 3600 + 5, key["id"], total=1)]
-    rows += [usage_row(this_hour - 24 * 3600 + 5, key["id"], total=999)]  # a day ago: not shown
+    rows = [built_usage_row(this_hour + 1, key["id"], total=10) for _ in range(4)]
+    rows += [built_usage_row(this_hour - 3 * 3600 + 5, key["id"], total=1)]
+    rows += [built_usage_row(this_hour - 24 * 3600 + 5, key["id"], total=999)]  # a day ago: not shown
     usage_store.insert_many(store.engine, rows)
 
     chart = web.get("/status/data.json", headers=bearer()).get_json()["chart"]
@@ -349,8 +349,8 @@ def test_the_chart_has_the_last_24_hours_each_scaled_to_the_busiest(web, store):
 def test_a_quiet_hour_beside_a_busy_one_still_shows(web, store):
     key = key_store.create(store.engine, "k")
     this_hour = int(time.time()) // 3600 * 3600
-    usage_store.insert_many(store.engine, [usage_row(this_hour + 1, key["id"], total=100000),
-                                           usage_row(this_hour - 3600 + 1, key["id"], total=1)])
+    usage_store.insert_many(store.engine, [built_usage_row(this_hour + 1, key["id"], total=100000),
+                                           built_usage_row(this_hour - 3600 + 1, key["id"], total=1)])
 
     hours = web.get("/status/data.json", headers=bearer()).get_json()["chart"]["hours"]
 

@@ -11,7 +11,7 @@ import pytest
 from responses_proxy.store import keys as key_store
 from responses_proxy.store import usage as usage_store
 from responses_proxy.usage.service import parse_groups, parse_time, window
-from tests.conftest import make_app, usage_row
+from tests.helpers import built_usage_row, make_app
 
 
 def epoch(text):
@@ -55,11 +55,11 @@ def recent(services, keys):
     alpha, beta = keys[0]["id"], keys[1]["id"]
     now = time.time()
     usage_store.insert_many(services.engine, [
-        usage_row(now - 60, alpha, total=15, account_id="acct_1"),
-        usage_row(now - 120, alpha, status=502, total=0, account_id="acct_1"),
-        usage_row(now - 180, beta, model="gpt-4.1", total=25, account_id="acct_2"),
-        usage_row(now - 240, beta, total=35, account_id="acct_1"),
-        usage_row(now - 7 * 86400 - 60, alpha, total=1000),
+        built_usage_row(now - 60, alpha, total=15, account_id="acct_1"),
+        built_usage_row(now - 120, alpha, status=502, total=0, account_id="acct_1"),
+        built_usage_row(now - 180, beta, model="gpt-4.1", total=25, account_id="acct_2"),
+        built_usage_row(now - 240, beta, total=35, account_id="acct_1"),
+        built_usage_row(now - 7 * 86400 - 60, alpha, total=1000),
     ])
     return alpha, beta
 
@@ -69,10 +69,10 @@ def dated(services, keys):
     """Rows at fixed times over two UTC days."""
     alpha, beta = keys[0]["id"], keys[1]["id"]
     usage_store.insert_many(services.engine, [
-        usage_row(epoch("2026-01-01T10:15:00"), alpha, total=10),
-        usage_row(epoch("2026-01-01T10:45:00"), beta, total=20, model="gpt-4.1"),
-        usage_row(epoch("2026-01-01T23:59:59"), alpha, total=30),
-        usage_row(epoch("2026-01-02T00:00:00"), alpha, total=40, status=429),
+        built_usage_row(epoch("2026-01-01T10:15:00"), alpha, total=10),
+        built_usage_row(epoch("2026-01-01T10:45:00"), beta, total=20, model="gpt-4.1"),
+        built_usage_row(epoch("2026-01-01T23:59:59"), alpha, total=30),
+        built_usage_row(epoch("2026-01-02T00:00:00"), alpha, total=40, status=429),
     ])
     return alpha, beta
 

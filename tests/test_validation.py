@@ -17,8 +17,8 @@ from responses_proxy.responses.service import scoped_cache_key
 from responses_proxy.store import keys as key_store
 from responses_proxy.store.accounts import upsert
 from responses_proxy.upstream.credentials import parse_auth_json
-from tests.conftest import make_app
 from tests.fake_upstream import auth_json
+from tests.helpers import make_app
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 URL = "/v1/responses"

@@ -8,7 +8,7 @@ from wsproto.frame_protocol import FrameProtocol, Opcode
 
 from responses_proxy.config import ConfigError, load_config
 from responses_proxy.responses.websocket import text_frame, text_frames
-from tests.conftest import make_app
+from tests.helpers import make_app
 
 UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
            "Sec-WebSocket-Version": "13"}

@@ -3,7 +3,7 @@
 import openai
 import requests
 
-from tests.e2e.conftest import auth, error_of, post
+from tests.e2e.helpers import auth, error_of, post
 from tests.fake_upstream import MODELS
 
 

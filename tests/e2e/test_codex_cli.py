@@ -19,9 +19,9 @@ import pytest
 import requests
 
 from responses_proxy.responses.service import scoped_cache_key
-from tests.conftest import Gateway
-from tests.e2e.conftest import ACCOUNT, events_of, key_id, read_stream, split_frames
+from tests.e2e.helpers import ACCOUNT, events_of, key_id, read_stream, split_frames
 from tests.fake_upstream import ISSUED, Script, compaction_answer
+from tests.helpers import Gateway
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 CODEX = shutil.which("codex")

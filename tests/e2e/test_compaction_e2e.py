@@ -7,7 +7,7 @@ import json
 import pytest
 import requests
 
-from tests.e2e.conftest import ACCOUNT, events_of, post, stream
+from tests.e2e.helpers import ACCOUNT, events_of, post, stream
 from tests.e2e.test_conversations import all_items, new_conversation, texts, turn
 from tests.fake_upstream import ISSUED, Script, sse
 

@@ -13,9 +13,9 @@ import requests
 from sqlalchemy import select
 
 from responses_proxy.store.tables import worker_load
-from tests.conftest import Gateway, unique
-from tests.e2e.conftest import ACCOUNT, account_ids, auth, error_of, post, query, request_id, usage_row, wait_for
+from tests.e2e.helpers import ACCOUNT, account_ids, auth, error_of, post, query, request_id, usage_row, wait_for
 from tests.fake_upstream import Script
+from tests.helpers import Gateway, unique
 
 CLIENT_TIMEOUT = 2
 MAX_BODY_BYTES = 100_000

@@ -9,8 +9,8 @@ import time
 import pytest
 import requests
 
-from tests.conftest import ROOT
 from tests.fake_upstream import Script
+from tests.helpers import ROOT
 
 
 def post(gateway, path, key=None, **kwargs):
@@ -265,7 +265,7 @@ def test_malformed_conversation_references_are_400(e2e, upstream, bad, param):
 
 
 def test_the_item_budget_drops_whole_old_turns_and_says_how_many(fake_upstream, tmp_path_factory):
-    from tests.conftest import Gateway
+    from tests.helpers import Gateway
 
     fake_upstream.reset()
     gateway = Gateway(tmp_path_factory.mktemp("budget"), fake_upstream.base_url,

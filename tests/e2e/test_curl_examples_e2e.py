@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from tests.e2e.conftest import ACCOUNT, split_frames
+from tests.e2e.helpers import ACCOUNT, split_frames
 from tests.fake_upstream import Script
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="the curl binary is not installed")

@@ -22,9 +22,9 @@ import requests
 from sqlalchemy import create_engine, select, text
 
 from responses_proxy.store.tables import usage
-from tests.conftest import Gateway, die_with_parent, free_port, service_missing, unique
-from tests.e2e.conftest import RawStream, WebSocketClient, auth, error_of, request_id, wait_for
+from tests.e2e.helpers import RawStream, WebSocketClient, auth, error_of, request_id, wait_for
 from tests.fake_upstream import auth_json
+from tests.helpers import Gateway, die_with_parent, free_port, service_missing, unique
 
 # Fast shutdown (the server ends its sessions, then stops) and immediate (it just exits, as in
 # a crash): the signals ``pg_ctl stop -m fast`` and ``-m immediate`` send to the postmaster.

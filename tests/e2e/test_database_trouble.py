@@ -9,8 +9,8 @@ import time
 import pytest
 import requests
 
-from tests.conftest import Gateway
-from tests.e2e.conftest import auth
+from tests.e2e.helpers import auth
+from tests.helpers import Gateway
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ import openai
 import pytest
 import requests
 
-from tests.conftest import Gateway, unique
-from tests.e2e.conftest import auth, error_of, events_of, post, remove_accounts, stream, usage_row
+from tests.e2e.helpers import auth, error_of, events_of, post, remove_accounts, stream, usage_row
 from tests.fake_upstream import Script
+from tests.helpers import Gateway, unique
 
 READ_TIMEOUT = 2
 BODY = {"model": "gpt-5.2", "input": "hi"}

@@ -18,9 +18,9 @@ from responses_proxy.config import DEFAULTS
 from responses_proxy.pool.refresh import REFRESH_LEASE_SECONDS
 from responses_proxy.pool.upkeep import LOAD_STALE_SECONDS, UPKEEP_ROUND_SECONDS
 from responses_proxy.store.tables import accounts, worker_load
-from tests.conftest import Gateway, unique
-from tests.e2e.conftest import RawStream, auth, error_of, wait_for
+from tests.e2e.helpers import RawStream, auth, error_of, wait_for
 from tests.fake_upstream import auth_json
+from tests.helpers import Gateway, unique
 
 TURN_LEASE = 3.0
 ANSWER = "Hello from the fake upstream."

@@ -10,9 +10,9 @@ from sqlalchemy import select
 
 from responses_proxy.items import MAX_JSON_DEPTH
 from responses_proxy.store.tables import accounts, conversation_items, usage
-from tests.conftest import Gateway
-from tests.e2e.conftest import error_of, query, request_id, wait_for
+from tests.e2e.helpers import error_of, query, request_id, wait_for
 from tests.fake_upstream import Script
+from tests.helpers import Gateway
 from tests.test_hostile_input import STORING_ROUTES, UNSTORABLE, message
 
 

@@ -13,9 +13,9 @@ import pytest
 import requests
 
 from bench.procfs import children_map
-from tests.conftest import Gateway
-from tests.e2e.conftest import ACCOUNT, auth, error_of, events_of, post, stream, wait_for
+from tests.e2e.helpers import ACCOUNT, auth, error_of, events_of, post, stream, wait_for
 from tests.fake_upstream import Script, sse
+from tests.helpers import Gateway
 
 BODY = {"model": "gpt-5.2", "input": "hi"}
 MIB = 1024 * 1024

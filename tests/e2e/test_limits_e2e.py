@@ -13,9 +13,9 @@ from sqlalchemy import select
 
 from responses_proxy.store import limits as limit_store
 from responses_proxy.store.tables import usage
-from tests.conftest import Gateway
-from tests.e2e.conftest import RawStream, cli, database_env, error_of, wait_for
+from tests.e2e.helpers import RawStream, cli, database_env, error_of, wait_for
 from tests.fake_upstream import USAGE, Script, auth_json
+from tests.helpers import Gateway
 
 ACCOUNT = "acct-limits"
 LEASE = 1.0  # seconds: a crashed worker's requests stop counting within two of these

@@ -17,9 +17,9 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func, select
 
 from responses_proxy.store.tables import usage as usage_table
-from tests.conftest import ROOT, Gateway, unique
-from tests.e2e.conftest import RawStream, auth, key_id, post, query, stream, wait_for
+from tests.e2e.helpers import RawStream, auth, key_id, post, query, stream, wait_for
 from tests.fake_upstream import Script
+from tests.helpers import ROOT, Gateway, unique
 from tests.prometheus import label_values, metric
 
 TOKEN = "e2e-metrics-token-" + unique()

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from responses_proxy.store import accounts as account_store
-from tests.e2e.conftest import ACCOUNT, auth, request_id, wait_for
+from tests.e2e.helpers import ACCOUNT, auth, request_id, wait_for
 from tests.e2e.test_conversations import all_items, texts
 from tests.e2e.test_pool import LIMITED
 from tests.e2e.test_websocket_e2e import log_lines

@@ -22,8 +22,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from responses_proxy import create_app
-from tests.conftest import Gateway
-from tests.e2e.conftest import auth
+from tests.e2e.helpers import auth
+from tests.helpers import Gateway
 
 # Per operation and generation mode (valid, invalid data): small, so the whole run takes seconds.
 MAX_EXAMPLES = 12

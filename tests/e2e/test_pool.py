@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 
 from responses_proxy.crypto import TokenCipher, fernet_key
 from responses_proxy.store.tables import accounts
-from tests.e2e.conftest import RawStream
+from tests.e2e.helpers import RawStream
 from tests.fake_upstream import auth_json
 
 LIMITED = {"status": 429, "body": {"error": {"type": "usage_limit_reached",

@@ -6,9 +6,9 @@ import os
 import pytest
 import requests
 
-from tests.conftest import Gateway, read_only
-from tests.e2e.conftest import cli, database_env, wait_for
+from tests.e2e.helpers import cli, database_env, wait_for
 from tests.fake_upstream import auth_json
+from tests.helpers import Gateway, read_only
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

@@ -12,9 +12,9 @@ import requests
 from sqlalchemy import select
 
 from responses_proxy.store.tables import worker_load
-from tests.conftest import Gateway, unique
-from tests.e2e.conftest import ACCOUNT, events_of, query, request_id, split_frames, usage_row, wait_for
+from tests.e2e.helpers import ACCOUNT, events_of, query, request_id, split_frames, usage_row, wait_for
 from tests.fake_upstream import Script, sse
+from tests.helpers import Gateway, unique
 
 
 @pytest.fixture(scope="module")

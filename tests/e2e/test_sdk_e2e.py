@@ -6,7 +6,7 @@ import time
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-from tests.e2e.conftest import ACCOUNT
+from tests.e2e.helpers import ACCOUNT
 from tests.fake_upstream import USAGE, Script
 
 TOOLS = [{"type": "function", "name": "get_weather", "description": "Weather for a city",

@@ -22,9 +22,9 @@ import time
 import pytest
 import requests
 
-from tests.conftest import ROOT, die_with_parent, free_port
-from tests.e2e.conftest import events_of, split_frames
+from tests.e2e.helpers import events_of, split_frames
 from tests.fake_upstream import auth_json
+from tests.helpers import ROOT, die_with_parent, free_port
 
 README = os.path.join(ROOT, "README.md")
 CACHE = os.path.join(ROOT, ".cache", "shipping")

@@ -7,7 +7,7 @@ import time
 import pytest
 import requests
 
-from tests.e2e.conftest import (
+from tests.e2e.helpers import (
     ACCOUNT,
     KEEPALIVE,
     RawStream,

@@ -20,9 +20,9 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.conftest import Gateway, service_missing
-from tests.e2e.conftest import cli, wait_for
+from tests.e2e.helpers import cli, wait_for
 from tests.fake_upstream import USAGE, auth_json
+from tests.helpers import Gateway, service_missing
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.conftest import Gateway
 from tests.fake_upstream import FakeUpstream, Script
+from tests.helpers import Gateway
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import time
 import pytest
 import requests
 
-from tests.conftest import Gateway
-from tests.e2e.conftest import auth, wait_for
+from tests.e2e.helpers import auth, wait_for
+from tests.helpers import Gateway
 
 LEASE = 1.5  # seconds: RESPONSES_PROXY_CONVERSATION_TURN_LEASE_SECONDS for these gateways
 

@@ -7,7 +7,7 @@ import time
 import pytest
 import requests
 
-from tests.e2e.conftest import ACCOUNT, auth, post, request_id, wait_for
+from tests.e2e.helpers import ACCOUNT, auth, post, request_id, wait_for
 from tests.e2e.test_pool import LIMITED, ask, served_by
 from tests.e2e.test_websocket_e2e import log_lines
 from tests.fake_upstream import TURN_STATE

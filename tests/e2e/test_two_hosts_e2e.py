@@ -16,9 +16,9 @@ import threading
 import pytest
 import requests
 
-from tests.conftest import ROOT, Gateway, unique
-from tests.e2e.conftest import auth, error_of, remove_accounts
+from tests.e2e.helpers import auth, error_of, remove_accounts
 from tests.fake_upstream import auth_json, text_answer
+from tests.helpers import ROOT, Gateway, unique
 
 LIMITED = {"status": 429, "body": {"error": {"type": "usage_limit_reached", "plan_type": "plus",
                                              "message": "The usage limit has been reached",

@@ -4,7 +4,7 @@ import time
 
 import requests
 
-from tests.e2e.conftest import (
+from tests.e2e.helpers import (
     ACCOUNT,
     RawStream,
     account_ids,

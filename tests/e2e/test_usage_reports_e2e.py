@@ -8,9 +8,9 @@ import json
 import pytest
 import requests
 
-from tests.conftest import Gateway
-from tests.e2e.conftest import cli, database_env, wait_for
+from tests.e2e.helpers import cli, database_env, wait_for
 from tests.fake_upstream import USAGE, auth_json
+from tests.helpers import Gateway
 
 ACCOUNT = "acct-usage"
 # What the fake upstream reports for every answer, as the reports name it.

@@ -16,8 +16,7 @@ import requests
 from wsproto.extensions import PerMessageDeflate
 
 from responses_proxy.store import keys as key_store
-from tests.conftest import Gateway, unique
-from tests.e2e.conftest import (
+from tests.e2e.helpers import (
     ACCOUNT,
     auth,
     error_of,
@@ -27,6 +26,7 @@ from tests.e2e.conftest import (
     wait_for,
 )
 from tests.fake_upstream import Script
+from tests.helpers import Gateway, unique
 
 MODEL = "gpt-5.2"
 TOOL = {"type": "function", "name": "exec_command", "description": "Run a command",
