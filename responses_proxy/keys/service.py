@@ -3,22 +3,50 @@
 import time
 
 from ..errors import InvalidApiKey
+from ..store import changes
 from ..store import keys as store
 from ..store import limits as limit_store
 
+# Digests this worker keeps between changes (unknown ones included: a client retrying with a
+# wrong key costs no query either); past this many, it starts over.
+KEPT_KEYS_MAX = 10_000
+
 
 class KeyService:
-    def __init__(self, engine, lease_seconds):
+    def __init__(self, engine, lease_seconds, signal=None):
         self.engine = engine
         self.lease_seconds = lease_seconds
+        # What every request needs, kept while nothing changed: key rows by digest (None for
+        # no such unrevoked key) and the accounts version read with them.
+        self._signal = changes.for_engine(engine) if signal is None else signal
+        self._seen = None
+        self._keys = {}
+        self._accounts_version = None
 
     def authenticate(self, header):
-        """(the key row for an ``Authorization`` header value, the accounts version read with
-        it in the same query), or ``InvalidApiKey``."""
+        """(the key row for an ``Authorization`` header value, the accounts version), or
+        ``InvalidApiKey``.
+
+        Both come from one query, or from what the last query read when the database says
+        nothing was committed to keys or accounts since (``store.changes``): a key revoked, or
+        a cooldown written, anywhere is seen by the next request after its commit.
+        """
         token = bearer_token(header)
         if not token:
             raise InvalidApiKey("Missing API key: send it as 'Authorization: Bearer <key>'.")
-        key, accounts_version = store.find_active_with_accounts_version(self.engine, token)
+        digest = store.hash_key(token)
+        # Read before the query: a change committed after this point makes the next check differ.
+        seen = self._signal.token()
+        if seen is not None and seen == self._seen and digest in self._keys:
+            key, accounts_version = self._keys[digest], self._accounts_version
+        else:
+            key, accounts_version = store.find_active_by_hash(self.engine, digest)
+            if seen != self._seen or len(self._keys) >= KEPT_KEYS_MAX:
+                self._keys.clear()
+            self._seen = seen
+            if seen is not None:
+                self._keys[digest] = key
+                self._accounts_version = accounts_version
         if key is None:
             raise InvalidApiKey("Incorrect API key provided, or the key was revoked.")
         return key, accounts_version

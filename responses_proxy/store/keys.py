@@ -54,8 +54,13 @@ def find_active(engine, plaintext):
 
 def find_active_with_accounts_version(engine, plaintext):
     """(``find_active``, ``accounts.version``), read in one round trip."""
+    return find_active_by_hash(engine, hash_key(plaintext))
+
+
+def find_active_by_hash(engine, key_hash):
+    """``find_active_with_accounts_version`` for a key's digest."""
     with engine.connect() as conn:
-        row = conn.execute(_FIND_ACTIVE, {"key_hash": hash_key(plaintext)}).one()
+        row = conn.execute(_FIND_ACTIVE, {"key_hash": key_hash}).one()
     key = {"id": row.id, "name": row.name, "allowed_models": row.allowed_models, "rpm": row.rpm_limit,
            "concurrency": row.concurrency_limit, "daily_tokens": row.daily_token_limit} if row.id is not None else None
     return key, (row.accounts_count, row.accounts_updated_at)
