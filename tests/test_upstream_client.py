@@ -1,9 +1,13 @@
-"""The upstream HTTP client (mocked with ``responses``), the mapping of upstream error statuses
-to what the gateway's client sees, auth.json parsing and the model catalog parser."""
+"""The upstream HTTP client (against a real HTTP server; the catalog with ``responses``), the
+mapping of upstream error statuses to what the gateway's client sees, auth.json parsing and the
+model catalog parser."""
 
 import base64
 import json
+import socket
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
@@ -46,16 +50,65 @@ def mocked():
 
 # --- the request ----------------------------------------------------------------------------------
 
-def test_open_responses_sends_the_codex_headers(upstream_client, mocked):
-    mocked.add(responses.POST, RESPONSES_URL, body=SSE, status=200, content_type="text/event-stream")
+class Recorder(ThreadingHTTPServer):
+    """A real HTTP server that records each request and answers what ``answers`` says next:
+    (status, body, headers, seconds to wait first); 200 with an SSE event when none is left."""
 
+    daemon_threads = True
+
+    def __init__(self):
+        self.requests = []
+        self.answers = []
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(handler):
+                body = handler.rfile.read(int(handler.headers.get("Content-Length", 0)))
+                self.requests.append((handler.path, handler.headers, body))
+                status, data, headers, wait = self.answers.pop(0) if self.answers else (200, SSE, {}, 0)
+                time.sleep(wait)
+                handler.send_response(status)
+                for name, value in {"Content-Type": "text/event-stream", **headers}.items():
+                    handler.send_header(name, value)
+                handler.send_header("Content-Length", str(len(data)))
+                handler.end_headers()
+                handler.wfile.write(data)
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def base_url(self):
+        return f"http://127.0.0.1:{self.server_address[1]}/backend-api"
+
+
+@pytest.fixture
+def recorder():
+    server = Recorder()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def client_for(tmp_path, base_url, **overrides):
+    return UpstreamClient(load_config(environ={}, overrides={
+        "DATA_DIR": str(tmp_path), "UPSTREAM_BASE_URL": base_url, "UPSTREAM_CONNECT_TIMEOUT": 3.0,
+        "UPSTREAM_READ_TIMEOUT": 45.0, **overrides}))
+
+
+def test_open_responses_sends_the_codex_headers(tmp_path, recorder):
+    client = client_for(tmp_path, recorder.base_url + "/")
     client_headers = {"X-Codex-Beta-Features": "remote_compaction_v2", "x-openai-internal-codex-responses-lite": "true",
                       "Authorization": "Bearer client-key", "thread-id": "t-1", "User-Agent": "codex"}
-    reply = upstream_client.open_responses(CREDENTIALS, BODY, upstream_headers(client_headers, "thread-1"))
+    reply = client.open_responses(CREDENTIALS, BODY, upstream_headers(client_headers, "thread-1"))
 
     assert reply.status_code == 200 and reply.content == SSE
-    [call] = mocked.calls
-    headers = call.request.headers
+    [(path, headers, body)] = recorder.requests
+    assert path == "/backend-api/codex/responses"
     assert headers["Authorization"] == "Bearer access-token-abc"
     assert headers["chatgpt-account-id"] == "acct-123"
     assert headers["originator"] == "codex_cli_rs"
@@ -66,44 +119,84 @@ def test_open_responses_sends_the_codex_headers(upstream_client, mocked):
     # The Codex client's own feature headers go through; its key and other headers do not.
     assert headers["X-Codex-Beta-Features"] == "remote_compaction_v2"
     assert headers["x-openai-internal-codex-responses-lite"] == "true"
-    assert "thread-id" not in headers and headers["User-Agent"] != "codex"
-    assert call.request.body == BODY, "the body goes out byte for byte"
-    assert call.request.req_kwargs["stream"] is True
-    assert call.request.req_kwargs["timeout"] == (3.0, 45.0)
+    assert "thread-id" not in headers and headers["User-Agent"] == "responses-proxy/1.0"
+    assert body == BODY, "the body goes out byte for byte"
 
 
-def test_open_responses_without_session_and_custom_originator(tmp_path, mocked):
-    client = UpstreamClient(load_config(environ={}, overrides={
-        "DATA_DIR": str(tmp_path), "UPSTREAM_BASE_URL": BASE, "ORIGINATOR": "my_gateway"}))
-    mocked.add(responses.POST, RESPONSES_URL, body=SSE, status=200)
+def test_open_responses_without_session_and_custom_originator(tmp_path, recorder):
+    client = client_for(tmp_path, recorder.base_url, ORIGINATOR="my_gateway")
+    client.open_responses(CREDENTIALS, BODY).close()
 
-    client.open_responses(CREDENTIALS, BODY)
-
-    headers = mocked.calls[0].request.headers
+    [(_, headers, _)] = recorder.requests
     assert headers["originator"] == "my_gateway"
     assert "session_id" not in headers
     assert "Cookie" not in headers
 
 
+def test_cookies_the_upstream_sets_are_sent_back(tmp_path, recorder):
+    client = client_for(tmp_path, recorder.base_url)
+    recorder.answers.append((200, SSE, {"Set-Cookie": "__cf_bm=abc123; Path=/; HttpOnly"}, 0))
+    read_error_body(client.open_responses(CREDENTIALS, BODY))
+    read_error_body(client.open_responses(CREDENTIALS, BODY))
+    assert "Cookie" not in recorder.requests[0][1]
+    assert recorder.requests[1][1]["Cookie"] == "__cf_bm=abc123"
+
+
+def test_connections_are_reused(tmp_path, recorder):
+    client = client_for(tmp_path, recorder.base_url)
+    ports = set()
+    for _ in range(3):
+        reply = client.open_responses(CREDENTIALS, BODY)
+        ports.add(reply.raw._connection.sock.getsockname()[1])
+        read_error_body(reply)
+    assert len(ports) == 1
+
+
 @pytest.mark.parametrize("status", [400, 401, 429, 500, 503])
-def test_open_responses_returns_error_statuses_without_raising(upstream_client, mocked, status):
-    mocked.add(responses.POST, RESPONSES_URL, json={"detail": "nope"}, status=status)
-    reply = upstream_client.open_responses(CREDENTIALS, BODY)
+def test_open_responses_returns_error_statuses_without_raising(tmp_path, recorder, status):
+    client = client_for(tmp_path, recorder.base_url)
+    recorder.answers.append((status, b'{"detail": "nope"}', {"Content-Type": "application/json"}, 0))
+    reply = client.open_responses(CREDENTIALS, BODY)
     assert reply.status_code == status
     assert read_error_body(reply) == b'{"detail": "nope"}'
 
 
-@pytest.mark.parametrize("exception, fragment", [
-    pytest.param(requests.ConnectionError("Connection refused"), "could not connect", id="refused"),
-    pytest.param(requests.ConnectTimeout("connect timed out"), "in time", id="connect-timeout"),
-    pytest.param(requests.ReadTimeout("read timed out"), "in time", id="read-timeout"),
-    pytest.param(requests.exceptions.SSLError("bad certificate"), "connect", id="tls-error"),
-    pytest.param(requests.exceptions.ChunkedEncodingError("broken"), "upstream", id="other-request-error"),
-])
-def test_connect_errors_raise_upstream_unavailable(upstream_client, mocked, exception, fragment):
-    mocked.add(responses.POST, RESPONSES_URL, body=exception)
-    with pytest.raises(UpstreamUnavailable, match=fragment):
-        upstream_client.open_responses(CREDENTIALS, BODY)
+def test_a_refused_connection_raises_upstream_unavailable(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = client_for(tmp_path, f"http://127.0.0.1:{port}")
+    with pytest.raises(UpstreamUnavailable, match="could not connect"):
+        client.open_responses(CREDENTIALS, BODY)
+
+
+def test_an_upstream_slower_than_the_read_timeout_raises_upstream_unavailable(tmp_path, recorder):
+    client = client_for(tmp_path, recorder.base_url, UPSTREAM_READ_TIMEOUT=0.2)
+    recorder.answers.append((200, SSE, {}, 1.0))
+    with pytest.raises(UpstreamUnavailable, match="in time"):
+        client.open_responses(CREDENTIALS, BODY)
+
+
+def test_a_tls_failure_raises_upstream_unavailable(tmp_path, recorder):
+    client = client_for(tmp_path, recorder.base_url.replace("http://", "https://"))
+    with pytest.raises(UpstreamUnavailable, match="connect"):
+        client.open_responses(CREDENTIALS, BODY)
+
+
+def test_a_connection_closed_without_an_answer_raises_upstream_unavailable(tmp_path):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+
+        def hang_up():
+            connection, _ = listener.accept()
+            connection.recv(65536)
+            connection.close()
+
+        threading.Thread(target=hang_up, daemon=True).start()
+        client = client_for(tmp_path, f"http://127.0.0.1:{listener.getsockname()[1]}")
+        with pytest.raises(UpstreamUnavailable, match="upstream"):
+            client.open_responses(CREDENTIALS, BODY)
 
 
 def test_one_session_per_process(upstream_client, monkeypatch):
@@ -258,9 +351,9 @@ def test_request_refused_without_a_message():
     assert envelope["message"] == "The upstream rejected the request (HTTP 400 Bad Request)."
 
 
-def test_read_error_body_is_bounded(upstream_client, mocked):
-    mocked.add(responses.POST, RESPONSES_URL, body=b"x" * (1024 * 1024), status=500)
-    reply = upstream_client.open_responses(CREDENTIALS, BODY)
+def test_read_error_body_is_bounded(tmp_path, recorder):
+    recorder.answers.append((500, b"x" * (1024 * 1024), {}, 0))
+    reply = client_for(tmp_path, recorder.base_url).open_responses(CREDENTIALS, BODY)
     data = read_error_body(reply)
     assert 64 * 1024 <= len(data) < 1024 * 1024
 

@@ -6,10 +6,12 @@ from http import HTTPStatus
 
 import orjson
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
-from requests.cookies import RequestsCookieJar, extract_cookies_to_jar, merge_cookies
+from requests.cookies import RequestsCookieJar, extract_cookies_to_jar, get_cookie_header, merge_cookies
 from requests.structures import CaseInsensitiveDict
-from requests.utils import get_environ_proxies
+from requests.utils import get_environ_proxies, select_proxy
+from urllib3.exceptions import ClosedPoolError
 
 from ..errors import ApiError, InvalidRequest, UpstreamError, UsageLimitReached
 
@@ -48,12 +50,14 @@ class UpstreamClient:
         self.pool_size = config.get("UPSTREAM_POOL_SIZE", 1000)
         self._session = None
         self._pid = None
+        self._responses_pool = None
 
     @property
     def session(self):
         # A session made before a fork would share its sockets with the parent.
         if self._pid != os.getpid():
             self._session = self._new_session()
+            self._responses_pool = None
             self._pid = os.getpid()
         return self._session
 
@@ -86,9 +90,60 @@ class UpstreamClient:
         headers["Accept"] = "text/event-stream"
         headers["Accept-Encoding"] = "identity"
         try:
+            if select_proxy(self.responses_url, self.session.proxies) is None:
+                return self._post_direct(self.responses_url, headers, body)
             return self._post(self.responses_url, headers, body)
         except requests.RequestException as exc:
             raise UpstreamUnavailable(describe_exception(exc)) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise UpstreamUnavailable(describe_urllib3_exception(exc)) from None
+
+    def _post_direct(self, url, headers, body):
+        """What ``_post`` does, straight through the session's urllib3 pool for ``url`` (the
+        path of every request: about a third less CPU per request than through ``requests``).
+        Without a proxy only; cookies the upstream sets are kept and sent back, as the session
+        does; a redirect is not followed (the Codex backend answers this route directly)."""
+        session = self.session
+        headers = {**session.headers, **headers, "Content-Length": str(len(body))}
+        if session.cookies:
+            cookie = get_cookie_header(session.cookies, _cookie_request(url, headers))
+            if cookie:
+                headers["Cookie"] = cookie
+        try:
+            raw = self._pool(url).urlopen("POST", self._responses_path, body=body, headers=headers,
+                                          **self._urlopen_options)
+        except ClosedPoolError:  # the session's pool manager let it go: take the new one
+            self._responses_pool = None
+            raw = self._pool(url).urlopen("POST", self._responses_path, body=body, headers=headers,
+                                          **self._urlopen_options)
+        response = requests.Response()
+        response.status_code = raw.status
+        response.headers = CaseInsensitiveDict(raw.headers)
+        response.raw = raw
+        response.reason = raw.reason
+        response.url = url
+        if "set-cookie" in response.headers:
+            extract_cookies_to_jar(session.cookies, _cookie_request(url, headers), raw)
+        return response
+
+    def _pool(self, url):
+        """urllib3's connection pool for ``url`` as ``requests`` would pick it (TLS settings
+        included), looked up once per process."""
+        if self._responses_pool is None:
+            session = self.session
+            request = requests.PreparedRequest()
+            request.prepare(method="POST", url=url)
+            adapter = session.get_adapter(url)
+            self._responses_pool = adapter.get_connection_with_tls_context(request, session.verify, session.proxies,
+                                                                           session.cert)
+            self._responses_path = request.path_url
+            # As HTTPAdapter.send: no retries by urllib3 (the pool's failover decides), the
+            # body left unread for the relay.
+            self._urlopen_options = {
+                "redirect": False, "assert_same_host": False, "preload_content": False, "decode_content": False,
+                "retries": adapter.max_retries,
+                "timeout": urllib3.Timeout(connect=self.timeout[0], read=self.timeout[1])}
+        return self._responses_pool
 
     def _post(self, url, headers, body):
         """``session.post(url, data=body, headers=headers, stream=True, timeout=self.timeout)``,
@@ -142,6 +197,27 @@ def describe_exception(exc):
     if isinstance(exc, requests.ConnectionError):
         return "could not connect to the upstream"
     return f"upstream request failed ({type(exc).__name__})"
+
+
+def describe_urllib3_exception(exc):
+    """``describe_exception`` for what urllib3 raises (its ``MaxRetryError`` wraps the cause)."""
+    reason = getattr(exc, "reason", None) or exc
+    # A refused connection is a NewConnectionError, which urllib3 derives from its timeout error.
+    if isinstance(reason, urllib3.exceptions.NewConnectionError):
+        return "could not connect to the upstream"
+    if isinstance(reason, (urllib3.exceptions.TimeoutError, TimeoutError)):
+        return "the upstream did not answer in time"
+    if isinstance(reason, (urllib3.exceptions.SSLError, urllib3.exceptions.ProtocolError, OSError)):
+        return "could not connect to the upstream"
+    return f"upstream request failed ({type(reason).__name__})"
+
+
+def _cookie_request(url, headers):
+    """The request as the cookie jar reads it (its URL and headers)."""
+    request = requests.PreparedRequest()
+    request.url = url
+    request.headers = CaseInsensitiveDict(headers)
+    return request
 
 
 def read_error_body(response):
