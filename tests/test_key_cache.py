@@ -3,6 +3,7 @@ revoked or an account changed by anyone else with the next request after the com
 data_version, PostgreSQL's notifications), on both databases."""
 
 import json
+import time
 
 import pytest
 from sqlalchemy import event, update
@@ -12,11 +13,12 @@ from responses_proxy.keys.service import KeyService
 from responses_proxy.store import accounts as account_store
 from responses_proxy.store import changes, make_engine
 from responses_proxy.store import keys as key_store
+from responses_proxy.store import usage as usage_store
 from responses_proxy.store.accounts import upsert
 from responses_proxy.store.tables import accounts
 from responses_proxy.upstream.credentials import parse_auth_json
 from tests.fake_upstream import auth_json
-from tests.helpers import make_app
+from tests.helpers import built_usage_row, make_app
 
 
 @pytest.fixture
@@ -118,3 +120,14 @@ def test_a_lost_listening_connection_means_reading_again_not_keeping(services, o
     key_store.revoke(other, created["id"])
     with pytest.raises(InvalidApiKey):
         services.keys.authenticate(bearer(created))
+
+
+def test_writes_to_other_tables_keep_what_was_read(services, other, queries):
+    """Usage rows, limits and leases are written with every request: they change no key."""
+    created = key_store.create(services.engine, "limited", rpm=1000)
+    services.keys.authenticate(bearer(created))
+    services.limits.admit(created).release()  # two commits to the limits' table
+    usage_store.insert_many(other, [built_usage_row(time.time(), created["id"])])
+    before = len(queries)
+    services.keys.authenticate(bearer(created))
+    assert len(queries) == before

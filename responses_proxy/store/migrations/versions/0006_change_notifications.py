@@ -1,6 +1,7 @@
-"""PostgreSQL: every change to api_keys or accounts notifies the workers' listening connections
-(``store/changes.py``), so that they can keep those rows between requests. SQLite needs nothing:
-its ``PRAGMA data_version`` tells the same.
+"""Every change to api_keys or accounts is signalled (``store/changes.py``), so that workers can
+keep those rows between requests. PostgreSQL: a notification to the workers' listening
+connections. SQLite: a counter that triggers move, which a worker reads only when ``PRAGMA
+data_version`` says something (anything: usage rows, limits, leases) was committed.
 
 Revision ID: 0006
 Revises: 0005
@@ -16,6 +17,14 @@ TABLES = ("api_keys", "accounts")
 
 
 def upgrade():
+    if op.get_bind().dialect.name == "sqlite":
+        op.execute("CREATE TABLE change_counter (id INTEGER PRIMARY KEY, changes INTEGER NOT NULL)")
+        op.execute("INSERT INTO change_counter (id, changes) VALUES (1, 0)")
+        for table in TABLES:
+            for action in ("INSERT", "UPDATE", "DELETE"):
+                op.execute(f"CREATE TRIGGER {table}_{action.lower()}_counted AFTER {action} ON {table} "
+                           "BEGIN UPDATE change_counter SET changes = changes + 1 WHERE id = 1; END")
+        return
     if op.get_bind().dialect.name != "postgresql":
         return
     # Once per statement, not per row; PostgreSQL delivers the notification when the
@@ -34,6 +43,12 @@ def upgrade():
 
 
 def downgrade():
+    if op.get_bind().dialect.name == "sqlite":
+        for table in TABLES:
+            for action in ("insert", "update", "delete"):
+                op.execute(f"DROP TRIGGER IF EXISTS {table}_{action}_counted")
+        op.execute("DROP TABLE IF EXISTS change_counter")
+        return
     if op.get_bind().dialect.name != "postgresql":
         return
     for table in TABLES:
