@@ -106,7 +106,7 @@ class FakeUpstream:
 class Gateway:
     """gunicorn serving wsgi:app exactly as the README says, on a free port, with its own data dir."""
 
-    def __init__(self, processes, name, upstream_url, workdir, workers=None):
+    def __init__(self, processes, name, upstream_url, workdir, workers=None, app="wsgi:app", extra_env=None):
         self.name = name
         self.port = free_port()
         self.data_dir = os.path.join(workdir, name)
@@ -123,7 +123,8 @@ class Gateway:
         })
         if workers:
             env["RESPONSES_PROXY_WORKERS"] = str(workers)
-        self.command = [os.path.join(BIN, "gunicorn"), "-c", "etc/gunicorn.conf.py", "wsgi:app",
+        env.update(extra_env or {})
+        self.command = [os.path.join(BIN, "gunicorn"), "-c", "etc/gunicorn.conf.py", app,
                         "-b", f"127.0.0.1:{self.port}"]
         with open(self.log_path, "ab") as log:
             # SIGINT: gunicorn's quick shutdown (SIGTERM would wait up to graceful_timeout).

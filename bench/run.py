@@ -45,7 +45,8 @@ class Settings:
     settle: float = 2.0             # seconds before memory is read, once connections are open
     nginx: bool = True
     install: bool = True
-    key_limits: bool = False        # the bench key has limits (never reached): what checking them costs
+    key_limits: bool = True         # the bench key has limits (never reached), checked and counted as usual
+    floors: bool = True             # scenario 2 also measures the server stack without the gateway
     out: str = os.path.join(RESULTS, "latest.json")
 
     @classmethod
@@ -124,6 +125,18 @@ class Bench:
             say(f"{gateway.name}: pid {gateway.pid}, workers {gateway.workers()}, {accounts} account(s)")
         for gateway, _, _ in started:
             self.warm(gateway.name)
+
+    def start_floors(self):
+        """Scenario 2's floors: the same gunicorn and Flask serving ``bench/floor.py`` (see there)."""
+        started = []
+        for name, mode in (("floor_flask", "flask"), ("floor_relay", "relay")):
+            started.append(procs.Gateway(self.processes, name, self.upstream.url, self.workdir, app="bench.floor:app",
+                                         extra_env={"BENCH_FLOOR": mode, "BENCH_FLOOR_UPSTREAM": self.upstream.url}))
+        for floor in started:
+            floor.wait_ready()
+            self.targets[floor.name] = Target(floor.name, floor.port, "/v1/responses", floor)
+            say(f"{floor.name}: pid {floor.pid}, workers {floor.workers()}")
+            self.warm(floor.name)
 
     def stop_gateway(self, name):
         target = self.targets.pop(name)
@@ -225,7 +238,8 @@ class Bench:
     def throughput(self, with_plain, with_pool):
         """2 and 5: closed-loop short streams at each concurrency, every target interleaved."""
         s = self.s
-        names = [name for name in ("direct", "nginx", "gateway") if name in self.targets] if with_plain else []
+        names = [name for name in ("direct", "nginx", "floor_flask", "floor_relay", "gateway") if name in self.targets
+                 ] if with_plain else []
         if with_pool:
             names = names if "gateway" in names else names + ["gateway"]
             names.append("gateway_pool")
@@ -243,6 +257,8 @@ class Bench:
             figures = {name: throughput_figures(results) for name, results in runs.items()}
             if with_plain:
                 section = {name: figures[name] for name in names if name != "gateway_pool"}
+                if "floor_relay" in figures:
+                    section["gateway_vs_floor_relay"] = ratio(runs, "gateway", "floor_relay")
                 section["gateway_vs_direct"] = ratio(runs, "gateway", "direct")
                 section["gateway_vs_nginx"] = ratio(runs, "gateway", "nginx")
                 section["nginx_vs_direct"] = ratio(runs, "nginx", "direct")
@@ -338,6 +354,8 @@ class Bench:
             specs.append(("gateway_pool", None, POOL_ACCOUNTS, CACHE_KEYS))
         if specs:
             self.start_gateways(specs)
+        if "throughput" in selected and self.s.floors:
+            self.start_floors()
         for name in ("direct", "nginx"):
             if name in self.targets:
                 self.closed(name, payloads.SHORT, 4, count=100)
@@ -347,7 +365,7 @@ class Bench:
             self.results["long_answer"] = self.long_answer()
         if selected & {"throughput", "pool"}:
             self.throughput("throughput" in selected, "pool" in selected)
-        for name in ("gateway", "gateway_pool"):
+        for name in ("gateway", "gateway_pool", "floor_flask", "floor_relay"):
             if name in self.targets:
                 self.stop_gateway(name)
         if "open_streams" in selected:
@@ -370,7 +388,8 @@ class Bench:
                 "gateway": "gunicorn -c etc/gunicorn.conf.py wsgi:app -b 127.0.0.1:PORT (gevent workers; default "
                            "worker count, except scenario 4: RESPONSES_PROXY_WORKERS=2), "
                            "RESPONSES_PROXY_ACCESS_LOG=off, RESPONSES_PROXY_LOG_LEVEL=WARNING, SQLite in a temp dir"
-                           + ("; the API key has limits it never reaches (--key-limits)" if self.s.key_limits else ""),
+                           + ("; the API key has limits it never reaches (rpm, concurrency, daily tokens)"
+                              if self.s.key_limits else "; the API key has no limits (--no-key-limits)"),
                 "gateway_workers": default_workers(),
                 "nginx": procs.nginx_version(self.nginx_binary) if self.nginx_binary else None,
                 "nginx_missing": self.nginx_missing,
@@ -537,9 +556,11 @@ def parse_args(argv):
     parser.add_argument("--websockets", help="idle WebSocket counts of scenario 6, comma-separated (default 1000,5000)")
     parser.add_argument("--no-nginx", action="store_true", help="skip the nginx column")
     parser.add_argument("--no-install", action="store_true", help="do not apt-get install nginx when missing")
-    parser.add_argument("--key-limits", action="store_true",
-                        help="give the bench key limits it never reaches (rpm, concurrency, daily tokens), "
-                             "to measure what checking and counting them costs")
+    parser.add_argument("--no-key-limits", action="store_true",
+                        help="a bench key without limits (by default it has limits it never reaches: rpm, "
+                             "concurrency, daily tokens, checked and counted on every request)")
+    parser.add_argument("--no-floors", action="store_true",
+                        help="skip scenario 2's floors (gunicorn + Flask alone, and a bare urllib3 relay)")
     parser.add_argument("--out", default=os.path.join(RESULTS, "latest.json"), help="where to write the JSON")
     args = parser.parse_args(argv)
     scenarios = tuple(SCENARIOS.values())
@@ -554,7 +575,8 @@ def parse_args(argv):
     settings.nginx = not args.no_nginx
     settings.install = not args.no_install
     settings.out = args.out
-    settings.key_limits = args.key_limits
+    settings.key_limits = not args.no_key_limits
+    settings.floors = not args.no_floors
     if args.reps:
         settings.reps = settings.throughput_reps = settings.open_reps = args.reps
     if args.duration:

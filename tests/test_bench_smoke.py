@@ -20,6 +20,9 @@ def test_quick_bench_writes_every_scenario(tmp_path):
     # The gateway answered in every scenario (what it measured is the bench's business, not the test's).
     assert scenarios["latency"]["stream"]["gateway"]["total"]["p50"] is not None
     assert scenarios["throughput"]["c20"]["gateway"]["requests"] > 0
+    # The floors answered too: the stack without the gateway, served the same way.
+    assert scenarios["throughput"]["c20"]["floor_flask"]["requests"] > 0
+    assert scenarios["throughput"]["c20"]["floor_relay"]["requests"] > 0
     assert scenarios["long_answer"]["gateway"]["events_per_request"] > 0
     assert all(figures["gateway_2w"]["ok"] for key, figures in scenarios["open_streams"].items()
                if key.startswith("n") and key[1:].isdigit())
@@ -27,5 +30,5 @@ def test_quick_bench_writes_every_scenario(tmp_path):
     assert scenarios["websocket"]["latency"]["websocket"]["total"]["p50"] is not None
     assert all(figures["turns_ok"] == figures["connections"] for key, figures in scenarios["websocket"].items()
                if key.startswith("n") and key[1:].isdigit())
-    assert document["targets"] and "Targets (issue 6)" in done.stdout
+    assert document["targets"] and "Targets (issue 15)" in done.stdout
     assert (tmp_path / "latest.txt").exists()
