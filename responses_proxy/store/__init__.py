@@ -1,14 +1,17 @@
 """Storage: one SQLAlchemy engine per process, SQLite (WAL) by default, PostgreSQL by URL."""
 
 import contextlib
+import functools
 import os
 import sqlite3
 import time
+import weakref
 
 from sqlalchemy import create_engine, event, or_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from ..config import DEFAULTS
@@ -74,6 +77,7 @@ def _sqlite_engine(url, parsed, pooling, lock_wait):
     # cooperative, so the worker's other requests go on meanwhile.
     engine = create_engine(url, connect_args={"timeout": 0, "isolation_level": None}, hide_parameters=True,
                            **pooling)
+    _LOCK_WAITS[engine] = lock_wait
 
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_connection, _record):
@@ -97,6 +101,54 @@ def _sqlite_engine(url, parsed, pooling, lock_wait):
         return True
 
     return engine
+
+
+# SQLite engines' lock waits, for ``write_one``, which runs below SQLAlchemy's events.
+_LOCK_WAITS = weakref.WeakKeyDictionary()
+
+
+def write_one(engine, statement, params, row_class):
+    """One writing statement in a transaction of its own: its first row as ``row_class`` (a
+    namedtuple of the columns it returns), or None.
+
+    The same as ``with write(engine) as conn: conn.execute(statement, params).first()``. On
+    SQLite, where the statement itself takes microseconds, it runs on the pooled connection's
+    driver directly: SQLAlchemy's execution (events, compiled-cache lookup, result objects)
+    costs several times the statement, and the key limits' statements run on every request.
+    Errors are SQLAlchemy's all the same.
+    """
+    lock_wait = _LOCK_WAITS.get(engine)
+    if lock_wait is None:
+        with write(engine) as conn:
+            row = conn.execute(statement, params).first()
+        return None if row is None else row_class(*row)
+    sql, names = _compiled(engine.dialect, statement)
+    values = [params[name] for name in names]
+    connection = engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+        try:
+            waiting_for_locks(lock_wait, cursor.execute, "BEGIN IMMEDIATE")
+            try:
+                cursor.execute(sql, values)
+                row = cursor.fetchone()
+                cursor.execute("COMMIT")
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
+        finally:
+            cursor.close()
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(sql, values, exc, sqlite3.Error, hide_parameters=True) from exc
+    finally:
+        connection.close()
+    return None if row is None else row_class(*row)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(dialect, statement):
+    compiled = statement.compile(dialect=dialect)
+    return str(compiled), tuple(compiled.positiontup)
 
 
 def waiting_for_locks(wait, execute, *args):

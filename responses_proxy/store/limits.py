@@ -25,7 +25,7 @@ from collections import namedtuple
 
 from sqlalchemy import BigInteger, Float, Integer, String, and_, bindparam, case, delete, literal_column, select, update
 
-from . import insert_for, write
+from . import insert_for, write, write_one
 from .tables import key_counters
 
 MINUTE = 60.0
@@ -59,6 +59,7 @@ _bucket_start = case((_c.bucket_full_at > _now, _c.bucket_full_at), else_=_now)
 RETURNED = (_c.bucket_full_at, _c.lease_period, _c.in_flight, _c.in_flight_previous, _c.token_day, _c.tokens)
 
 Counts = namedtuple("Counts", "in_flight tokens bucket_full_at")
+Counters = namedtuple("Counters", [column.name for column in RETURNED])
 
 
 def period_of(now, lease_seconds):
@@ -111,21 +112,21 @@ def admit(engine, key_id, now, lease_seconds, rpm=None, concurrency=None, daily_
         params["daily_tokens"] = daily_tokens
     statement = _admit_statement(engine.dialect.name, rpm is not None, concurrency is not None,
                                  daily_tokens is not None)
-    with write(engine) as conn:
-        return conn.execute(statement, params).first()
+    return write_one(engine, statement, params, Counters)
 
 
 _RELEASE = update(key_counters).where(_c.key_id == _key).values(
     lease_period=_row_period,
     in_flight=case((and_(_row_period == _registered, _row_current > _0), _row_current - _1), else_=_row_current),
     in_flight_previous=case((and_(_row_period - _1 == _registered, _row_previous > _0), _row_previous - _1),
-                            else_=_row_previous))
+                            else_=_row_previous)).returning(_c.lease_period)
+Released = namedtuple("Released", "lease_period")
 
 
 def release(engine, key_id, registered, now, lease_seconds):
     """A request counted in flight in period ``registered`` ended."""
-    with write(engine) as conn:
-        conn.execute(_RELEASE, {"key": key_id, "registered": registered, "period": period_of(now, lease_seconds)})
+    params = {"key": key_id, "registered": registered, "period": period_of(now, lease_seconds)}
+    write_one(engine, _RELEASE, params, Released)
 
 
 @functools.cache
