@@ -64,7 +64,7 @@ def test_a_statement_error_rolls_back_and_leaves_the_connection_usable(tmp_path)
     migrate.upgrade(engine)
     broken = key_counters.insert().values(key_id=None).returning(key_counters.c.key_id)  # NOT NULL
     with pytest.raises(IntegrityError) as caught:
-        write_one(engine, broken, {}, namedtuple("Row", "key_id"))
+        write_one(engine, broken, {"key_id": None}, namedtuple("Row", "key_id"))
     assert not unavailable(caught.value)
     assert limit_store.admit(engine, "key_a", 1000.0, 60, concurrency=1).in_flight == 1
     engine.dispose()
