@@ -39,7 +39,7 @@ browser:
 	  || echo "could not install Chromium: the status page's browser test will be skipped (failed under CI=true)"; fi
 
 test: dev codex browser
-	PATH="$(CURDIR)/$(CODEX_DIR)/node_modules/.bin:$$PATH" $(VENV)/bin/python -m pytest -q -p no:cacheprovider
+	PATH="$(CURDIR)/$(CODEX_DIR)/node_modules/.bin:$$PATH" $(VENV)/bin/python -m pytest -q -p no:cacheprovider -n 4 --dist loadfile
 
 bench: dev
 	$(VENV)/bin/python -m bench

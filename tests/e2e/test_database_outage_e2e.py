@@ -234,18 +234,24 @@ def test_while_the_database_is_down_requests_get_503_and_everything_recovers(gat
 
 
 def test_a_database_that_does_not_answer_in_time_gives_503_not_a_hang(gateway, postgres):
-    """Another client holds a lock that every request needs: each request waits for the
-    statement timeout, then gets 503; once the lock is gone, requests go through again."""
+    """Another client holds a lock on the keys: a request with a key no worker has read yet
+    waits for the statement timeout, then gets 503; once the lock is gone, it goes through.
+    (A key the workers have read serves meanwhile: nothing can revoke it while the table is
+    locked.)"""
+    newcomer = gateway.create_key()
     holder = create_engine(postgres.url)
     try:
         with holder.begin() as conn:
             conn.execute(text("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE"))
-            reply, took = timed("POST", gateway.url + "/v1/responses", headers=auth(gateway.key),
+            reply, took = timed("POST", gateway.url + "/v1/responses", headers=auth(newcomer),
                                 json={"model": "gpt-5.2", "input": "locked out"})
             unavailable(reply)
         assert STATEMENT_TIMEOUT <= took < ANSWER_BOUND_SECONDS
     finally:
         holder.dispose()
+    reply = requests.post(gateway.url + "/v1/responses", headers=auth(newcomer), timeout=10,
+                          json={"model": "gpt-5.2", "input": "free again"})
+    assert reply.status_code == 200, reply.text
     reply = requests.post(gateway.url + "/v1/responses", headers=auth(gateway.key), timeout=10,
                           json={"model": "gpt-5.2", "input": "free again"})
     assert reply.status_code == 200, reply.text
