@@ -20,6 +20,7 @@ baseline, and a leak shows as a value that never comes back to it.
 
 import logging
 import os
+import random
 import threading
 import time
 
@@ -50,6 +51,10 @@ TOKEN_KINDS = (("input_tokens", "input"), ("cached_tokens", "cached"), ("output_
 ACCOUNT_STATES = (ACTIVE, COOLING_DOWN, DISABLED, NEEDS_RELOGIN)
 QUOTA_WINDOWS = ("primary", "secondary")
 WORKER_SAMPLE_SECONDS = 1.0
+# Added to each pause at random. Other greenlets sleep a second at a time too, and timers armed
+# in the same turn of the loop for the same delay fire together from then on: a sampler locked
+# in step with one of them would never see that one's timer.
+WORKER_SAMPLE_JITTER = 0.1
 # Where a process finds its own open descriptors: Linux, then the BSDs and macOS.
 DESCRIPTOR_DIRS = ("/proc/self/fd", "/dev/fd")
 
@@ -204,7 +209,7 @@ class Metrics:
                 self.sample_worker()
             except Exception:
                 log.warning("could not sample the worker gauges", exc_info=True)
-            stop.wait(WORKER_SAMPLE_SECONDS)
+            stop.wait(WORKER_SAMPLE_SECONDS + random.uniform(0, WORKER_SAMPLE_JITTER))
 
     def sample_worker(self):
         """Set the worker gauges to what this process holds now."""
