@@ -171,9 +171,11 @@ def test_websocket_connections_and_their_requests(e2e, connect):
 
     assert client.request(BODY)[-1]["type"] == "response.completed"
 
+    # Counted when the relay ends, just after it wrote the final event: the client may read that
+    # event first.
+    assert wait_for(lambda: metric(scrape(e2e), "responses_proxy_requests_total", route="/v1/responses",
+                                   method="WEBSOCKET", status="200", model="gpt-5.2") == before + 1)
     text = scrape(e2e)
-    assert metric(text, "responses_proxy_requests_total", route="/v1/responses", method="WEBSOCKET", status="200",
-                  model="gpt-5.2") == before + 1
     assert metric(text, "responses_proxy_requests_total", route="/v1/responses", method="GET") == 0
     client.close()
     assert wait_for(lambda: metric(scrape(e2e), "responses_proxy_websocket_connections") == 0)
