@@ -81,6 +81,7 @@ def post_worker_init(worker):
     services = getattr(worker.wsgi, "extensions", {}).get("responses_proxy")
     if services is not None:
         services.pool.start_maintenance()
+        services.metrics.start_sampling()
         # A stopping worker closes its idle WebSockets rather than wait graceful_timeout for them.
         services.websockets.stop_when(lambda: not worker.alive)
 

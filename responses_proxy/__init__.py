@@ -32,7 +32,8 @@ def configure_settings(app, overrides):
 def install_client_guard(app):
     from .server import ClientGuard
 
-    app.wsgi_app = ClientGuard(app.wsgi_app, app.config["CLIENT_TIMEOUT"])
+    guard = app.wsgi_app = ClientGuard(app.wsgi_app, app.config["CLIENT_TIMEOUT"])
+    app.extensions[EXTENSION].metrics.watch_requests(guard)
 
 
 def configure_logging(app):

@@ -19,6 +19,10 @@ handler, gives each request a ``Client`` (``environ[CLIENT]``):
 
 Under any other server (Flask's test client, an HTTP/2 stream sharing its socket) requests pass
 through untouched. tests/test_server.py runs gunicorn's own handler to check what this relies on.
+
+Under any server, ``ClientGuard.in_progress`` counts the requests inside the app: from the call
+until the server closes the answer (a stream's end, a client gone, an exception). A request
+that never leaves shows there (the metrics' worker gauges export it).
 """
 
 import errno
@@ -49,21 +53,31 @@ class ClientGuard:
     def __init__(self, app, timeout):
         self.app = app
         self.timeout = timeout or None  # 0: never (a socket timeout of 0 would mean non-blocking)
+        self.in_progress = 0
 
     def __call__(self, environ, start_response):
-        # gunicorn passes its Response's bound start_response; HTTP/2 uses a subclass whose
-        # socket carries other streams too, and is left alone.
-        response = getattr(start_response, "__self__", None)
-        if type(response) is not Response:
-            return self.app(environ, start_response)
-        client = Client(environ, response, self.timeout)
-        environ[CLIENT] = client
+        self.in_progress += 1
+        client = None
         try:
-            body = self.app(environ, client.start_response)
+            # gunicorn passes its Response's bound start_response; HTTP/2 uses a subclass whose
+            # socket carries other streams too, and is left alone.
+            response = getattr(start_response, "__self__", None)
+            if type(response) is not Response:
+                body = self.app(environ, start_response)
+            else:
+                client = Client(environ, response, self.timeout)
+                environ[CLIENT] = client
+                body = self.app(environ, client.start_response)
         except BaseException:
-            client.finish()
+            self.ended(client)
             raise
-        return Answer(body, client)
+        return Answer(body, client, self)
+
+    def ended(self, client):
+        """A request's answer is over (closed by the server, or never made)."""
+        self.in_progress -= 1
+        if client is not None:
+            client.finish()
 
 
 class Client:
@@ -145,24 +159,28 @@ class Client:
 
 
 class Answer:
-    """The app's answer as it was; its ``close()`` also finishes the client's request."""
+    """The app's answer as it was; its ``close()`` also ends the request (once), finishing its
+    client's when it has one."""
 
-    __slots__ = ("_body", "_client")
+    __slots__ = ("_body", "_client", "_guard")
 
-    def __init__(self, body, client):
+    def __init__(self, body, client, guard):
         self._body = body
         self._client = client
+        self._guard = guard
 
     def __iter__(self):
         return iter(self._body)
 
     def close(self):
+        guard, self._guard = self._guard, None
         try:
             close = getattr(self._body, "close", None)
             if close is not None:
                 close()
         finally:
-            self._client.finish()
+            if guard is not None:
+                guard.ended(self._client)
 
 
 class CountingInput:

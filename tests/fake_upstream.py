@@ -2,10 +2,12 @@
 
 It answers ``POST /codex/responses`` with SSE event streams built like the real backend's,
 ``GET /codex/models`` with a catalog, ``POST /oauth/token`` (refresh) and ``GET /wham/usage``.
-Each request takes the next behaviour scripted for its account (``chatgpt-account-id``), else
-the next one scripted for any account, else the default (a short text answer; for an input
-ending with ``compaction_trigger``, one compaction item). Every request is recorded, and so is
-every stream the client closed before it ended.
+Each request takes the next behaviour scripted for its input (``push(..., account=("input",
+text))``: the text of the last input message, which marks one request whichever account it
+reaches), else for its account (``chatgpt-account-id``), else the next one scripted for any
+account, else the default (a short text answer; for an input ending with ``compaction_trigger``,
+one compaction item). Every request is recorded, and so is every stream the client closed
+before it ended.
 
 What the backend binds to the account that served it is bound here too. Encrypted content
 (reasoning's ``encrypted_content``, compaction items) written as ``ISSUED`` in a script is
@@ -175,6 +177,17 @@ def compacting(body):
         items[-1].get("type") == "compaction_trigger"
 
 
+def last_text(body):
+    """The text of the last content part of a request's last input item (None if it has none)."""
+    items = body.get("input") if isinstance(body, dict) else None
+    last = items[-1] if isinstance(items, list) and items else None
+    content = last.get("content") if isinstance(last, dict) else None
+    if isinstance(content, str):
+        return content
+    part = content[-1] if isinstance(content, list) and content else None
+    return part.get("text") if isinstance(part, dict) else None
+
+
 def sse(events, with_names=True):
     out = []
     for name, payload in events:
@@ -208,6 +221,9 @@ def auth_json(account_id="acct-fake-1", email="dev@example.com", plan="plus", ex
 
 
 class QuietServer(ThreadingHTTPServer):
+    # Tests open dozens of upstream connections at once: the default backlog (5) drops some.
+    request_queue_size = 128
+
     def handle_error(self, request, client_address):
         # A client closing a kept-alive connection is normal, not worth a traceback.
         if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
@@ -417,7 +433,7 @@ class FakeUpstream:
                                        account) if isinstance(body, dict) else None
                 if refused is not None:
                     return self._json(*refused)
-                behaviour = fake._next(account) or {}
+                behaviour = fake._next(("input", last_text(body)), shared=False) or fake._next(account) or {}
                 self._serve_responses(body, behaviour, account)
 
             def _serve_refresh(self, entry):

@@ -120,3 +120,15 @@ def test_a_turn_state_is_issued_when_scripted_and_refused_by_other_accounts(upst
                     post(upstream, body(client_metadata={TURN_STATE: state}), "acct-b"),
                     post(upstream, body(), "acct-a", headers={TURN_STATE: "ts_made-up"})):
         assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_turn_state"
+
+
+def test_a_behaviour_scripted_for_an_input_goes_to_that_request_first_on_any_account(upstream):
+    marked = {"model": "gpt-5.2", "input": [{"type": "message", "role": "user",
+                                            "content": [{"type": "input_text", "text": "mark-1"}]}]}
+    upstream.push({"status": 503}, account=("input", "mark-1"))
+    upstream.push({"status": 502}, account="acct-a")
+
+    assert post(upstream, body(), "acct-b").status_code == 200  # another input: not its behaviour
+    assert post(upstream, marked, "acct-a").status_code == 503  # before the account's own
+    assert post(upstream, marked, "acct-a").status_code == 502
+    assert post(upstream, marked, "acct-a").status_code == 200

@@ -1,12 +1,16 @@
 """Metrics in one process (the Flask test client): what each request counts, and /metrics."""
 
 import json
+import os
 import socket
 import time
 from datetime import UTC, datetime
 
+import gevent
 import pytest
+from gevent import monkey
 
+from responses_proxy.metrics.service import event_loop_watchers
 from responses_proxy.store import accounts as account_store
 from responses_proxy.store import conversations as conversation_store
 from responses_proxy.store import keys as key_store
@@ -19,10 +23,10 @@ BODY = {"model": "gpt-5.2", "input": "hi"}
 
 
 def scrape(client, headers=None):
-    reply = client.get("/metrics", headers=headers)
-    assert reply.status_code == 200, reply.data
-    assert reply.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
-    return reply.get_data(as_text=True)
+    with client.get("/metrics", headers=headers) as reply:
+        assert reply.status_code == 200, reply.data
+        assert reply.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+        return reply.get_data(as_text=True)
 
 
 def key_id(services, api_key):
@@ -257,3 +261,66 @@ def test_the_metrics_token_is_a_hidden_setting(guarded):
 
     assert values["RESPONSES_PROXY_METRICS_TOKEN"] == "(set)"
     assert "METRICS_TOKEN" not in guarded.config
+
+
+WORKER_GAUGES = ("responses_proxy_worker_open_fds", "responses_proxy_worker_event_loop_watchers",
+                 "responses_proxy_worker_requests_in_progress", "responses_proxy_worker_upstream_requests_in_flight")
+
+
+def test_worker_gauges_say_what_the_worker_holds_when_sampled(app, client, services, account):
+    services.metrics.sample_worker()
+    before = scrape(client)
+    assert all(f"# HELP {name} " in before for name in WORKER_GAUGES)
+    read, write = os.pipe()
+    slot = services.pool.begin(account["id"])
+    # An answer not yet closed: its request is still inside the app.
+    reply = client.get("/healthz")
+    try:
+        services.metrics.sample_worker()
+        open_now = len(os.listdir("/proc/self/fd")) - 1  # less the listing's own
+        during = scrape(client)
+    finally:
+        reply.close()
+        slot.release()
+        os.close(read)
+        os.close(write)
+    services.metrics.sample_worker()
+    after = scrape(client)
+
+    descriptors = [metric(text, "responses_proxy_worker_open_fds") for text in (before, during, after)]
+    assert descriptors == [descriptors[0], descriptors[0] + 2, descriptors[0]]
+    assert descriptors[1] == open_now
+    for name, held in (("responses_proxy_worker_requests_in_progress", 1),
+                       ("responses_proxy_worker_upstream_requests_in_flight", 1)):
+        assert (metric(before, name), metric(during, name), metric(after, name)) == (0, held, 0), name
+    # Without gevent's monkey-patching (this process) threads wait, not the event loop.
+    assert event_loop_watchers() is None
+
+
+def test_event_loop_watchers_count_the_greenlets_that_wait(monkeypatch):
+    monkeypatch.setattr(monkey, "is_module_patched", lambda name: True)
+    idle = event_loop_watchers()
+    sleepers = [gevent.spawn(gevent.sleep, 30) for _ in range(3)]
+    try:
+        gevent.sleep(0)  # they start, and wait on a timer each
+        assert event_loop_watchers() == idle + 3
+    finally:
+        gevent.killall(sleepers)
+    assert event_loop_watchers() == idle
+
+
+def test_worker_gauges_are_sampled_once_a_second_once_per_process(services, monkeypatch):
+    samples = []
+    monkeypatch.setattr(services.metrics, "sample_worker", lambda: samples.append(time.monotonic()))
+    services.metrics.start_sampling()
+    try:
+        services.metrics.start_sampling()
+        deadline = time.monotonic() + 5
+        while len(samples) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        services.metrics.stop_sampling()
+
+    assert len(samples) == 2 and 1.0 <= samples[1] - samples[0] < 2.0, samples
+    time.sleep(1.2)
+    assert len(samples) == 2  # stopped

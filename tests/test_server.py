@@ -9,8 +9,10 @@ that changes any of them fails here, loudly.
 """
 
 import io
+import itertools
 import os
 import socket
+import struct
 import threading
 import time
 
@@ -54,12 +56,13 @@ class Log:
 
 def serve(app, client, keepalive=2):
     """One connection: ``client(address)`` runs in a thread against gunicorn's gevent handler
-    serving ``ClientGuard(app)``. Returns (what ``client`` returned, gunicorn's log)."""
+    serving ``ClientGuard(app)`` (or ``app`` itself, a guard already). Returns (what ``client``
+    returned, gunicorn's log)."""
     cfg = Config()
     cfg.set("keepalive", keepalive)
     log = Log()
     worker = GeventWorker(0, os.getpid(), [], None, 30, cfg, log)
-    worker.wsgi = ClientGuard(app, TIMEOUT)
+    worker.wsgi = app if isinstance(app, ClientGuard) else ClientGuard(app, TIMEOUT)
     listener = gevent_socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -279,3 +282,88 @@ def test_other_servers_get_the_app_untouched():
     for server_start_response in (start_response, http2_start_response):
         assert list(guard({"wsgi.input": io.BytesIO()}, server_start_response)) == [b"ok"]
         assert seen.pop() == (server_start_response, None)
+
+
+def stream_of(pieces, seen, guard):
+    """An app that notes ``guard.in_progress`` when called, then streams ``pieces`` (an
+    exception among them is raised there) and notes when its body is closed."""
+
+    def app(environ, start_response):
+        seen.append(("called", guard.in_progress))
+        start_response("200 OK", [("Content-Type", "text/event-stream")])
+
+        def events():
+            try:
+                for piece in pieces:
+                    if isinstance(piece, BaseException):
+                        raise piece
+                    yield piece
+            finally:
+                seen.append(("closed", guard.in_progress))
+
+        return events()
+
+    return app
+
+
+def test_a_request_is_in_progress_until_gunicorn_closes_its_answer():
+    seen = []
+    guard = ClientGuard(None, TIMEOUT)
+    guard.app = stream_of([b"one", b"two"], seen, guard)
+
+    def client(address):
+        with connect(address) as sock:
+            sock.sendall(b"GET /stream HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n")
+            return read_to_end(sock)
+
+    reply, _ = serve(guard, client)
+
+    assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"0\r\n\r\n"), reply
+    # Still in progress while the body closes; over once gunicorn has closed the answer.
+    assert seen == [("called", 1), ("closed", 1)]
+    assert guard.in_progress == 0
+
+
+def test_a_request_whose_client_left_mid_stream_is_over():
+    seen = []
+    guard = ClientGuard(None, TIMEOUT)
+    guard.app = stream_of(itertools.repeat(b"x" * 65536), seen, guard)
+
+    def client(address):
+        with connect(address) as sock:
+            sock.sendall(b"GET /stream HTTP/1.1\r\nHost: gateway\r\n\r\n")
+            assert sock.recv(65536)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # a reset
+
+    serve(guard, client)
+
+    assert seen == [("called", 1), ("closed", 1)]
+    assert guard.in_progress == 0
+
+
+def test_a_request_that_raises_is_over():
+    seen = []
+    guard = ClientGuard(None, TIMEOUT)
+    raising = ClientGuard(lambda environ, start_response: 1 / 0, TIMEOUT)
+    guard.app = stream_of([b"one", RuntimeError("mid-stream")], seen, guard)
+
+    def client(address):
+        with connect(address) as sock:
+            sock.sendall(b"GET /stream HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n")
+            return read_to_end(sock)
+
+    for app in (guard, raising):
+        serve(app, client)
+        assert app.in_progress == 0
+    assert seen == [("called", 1), ("closed", 1)]
+
+
+def test_other_servers_count_requests_in_progress_too():
+    guard = ClientGuard(lambda environ, start_response: [b"ok"], TIMEOUT)
+
+    body = guard({"wsgi.input": io.BytesIO()}, lambda status, headers, exc_info=None: None)
+    assert guard.in_progress == 1
+    assert list(body) == [b"ok"]
+    body.close()
+    body.close()  # a server that closes twice ends it once
+    assert guard.in_progress == 0

@@ -11,12 +11,21 @@ WSGI server) each process counts on its own.
 Each sample written costs a write into a memory-mapped file, so the request path writes only
 what it must, through label children bound once per label set and kept (every label is of a
 bounded set: routes, statuses, models of the catalog, accounts, keys).
+
+The worker gauges (``worker_*``: open descriptors, event-loop watchers, requests in progress,
+upstream requests in flight) are sampled once a second by a thread of each worker (a greenlet
+under gevent), one series per worker (its ``pid``): what a worker holds when idle is its
+baseline, and a leak shows as a value that never comes back to it.
 """
 
 import logging
 import os
+import random
+import threading
 import time
 
+import gevent
+from gevent import monkey
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -41,6 +50,13 @@ TOKEN_KINDS = (("input_tokens", "input"), ("cached_tokens", "cached"), ("output_
                ("reasoning_tokens", "reasoning"))
 ACCOUNT_STATES = (ACTIVE, COOLING_DOWN, DISABLED, NEEDS_RELOGIN)
 QUOTA_WINDOWS = ("primary", "secondary")
+WORKER_SAMPLE_SECONDS = 1.0
+# Added to each pause at random. Other greenlets sleep a second at a time too, and timers armed
+# in the same turn of the loop for the same delay fire together from then on: a sampler locked
+# in step with one of them would never see that one's timer.
+WORKER_SAMPLE_JITTER = 0.1
+# Where a process finds its own open descriptors: Linux, then the BSDs and macOS.
+DESCRIPTOR_DIRS = ("/proc/self/fd", "/dev/fd")
 
 
 def multiprocess_dir():
@@ -59,11 +75,38 @@ def attempt_outcome(status):
     return "5xx" if status >= 500 else "other"
 
 
+def open_descriptors():
+    """How many file descriptors this process has open (None where the system does not say)."""
+    for directory in DESCRIPTOR_DIRS:
+        try:
+            # Less one: the descriptor that lists the directory is in the list.
+            return len(os.listdir(directory)) - 1
+        except OSError:
+            continue
+    return None
+
+
+def event_loop_watchers():
+    """The active watchers of this process's gevent loop (libev): a timer or a socket wait for
+    each greenlet that sleeps or waits on I/O. None without gevent's monkey-patching (threads
+    then do the waiting) and on libuv, whose loop does not count them."""
+    if not monkey.is_module_patched("socket"):
+        return None
+    loop = gevent.get_hub().loop
+    if not type(loop).__module__.startswith("gevent.libev"):
+        return None
+    return loop.activecnt
+
+
 class Metrics:
     """This process's instruments, and the registry a scrape of /metrics reads."""
 
     def __init__(self, pool, catalog):
+        self._pool = pool
         self._catalog = catalog
+        self._guard = None  # what counts the requests in progress (server.ClientGuard)
+        self._sampling = None  # the pid whose worker gauges are being sampled
+        self._stop_sampling = threading.Event()
         directory = multiprocess_dir()
         # What a scrape reads: every worker's samples summed, and the accounts as they are now.
         self.registry = CollectorRegistry()
@@ -119,11 +162,66 @@ class Metrics:
         self.tokens = Counter(
             PREFIX + "tokens_total", "Tokens the upstream reported, by API key, model and kind.",
             ("key", "model", "kind"), registry=owner)
+        # One series per worker (liveall: labelled with its pid, gone with it).
+        self.worker_descriptors = Gauge(
+            PREFIX + "worker_open_fds", "File descriptors the worker has open (sockets, files, pipes).",
+            multiprocess_mode="liveall", registry=owner)
+        self.worker_watchers = Gauge(
+            PREFIX + "worker_event_loop_watchers",
+            "Active watchers of the worker's event loop (a timer or socket wait per waiting greenlet).",
+            multiprocess_mode="liveall", registry=owner)
+        self.worker_requests = Gauge(
+            PREFIX + "worker_requests_in_progress",
+            "Requests inside the worker's app: from the call until the server closed the answer.",
+            multiprocess_mode="liveall", registry=owner)
+        self.worker_in_flight = Gauge(
+            PREFIX + "worker_upstream_requests_in_flight",
+            "Upstream requests the worker holds an account's in-flight slot for.",
+            multiprocess_mode="liveall", registry=owner)
         self._streams = {transport: self.open_streams.labels(method) for transport, method in TRANSPORT_METHODS.items()}
         self._request_children = {}
         self._exchange_children = {}
         self._token_children = {}
         self._attempt_children = {}
+
+    # -- this worker ------------------------------------------------------------------------------
+
+    def watch_requests(self, guard):
+        """Count the requests in progress of ``guard`` (a ``server.ClientGuard``)."""
+        self._guard = guard
+
+    def start_sampling(self):
+        """Sample the worker gauges once a second from now on (once per process). Gunicorn's
+        ``post_worker_init`` calls it; a process that only runs commands doesn't."""
+        if self._sampling == os.getpid():
+            return
+        self._sampling = os.getpid()
+        self._stop_sampling = threading.Event()
+        threading.Thread(target=self._sample, args=(self._stop_sampling,), name="worker-gauges", daemon=True).start()
+
+    def stop_sampling(self):
+        self._stop_sampling.set()
+        self._sampling = None
+
+    def _sample(self, stop):
+        while not stop.is_set():
+            try:
+                self.sample_worker()
+            except Exception:
+                log.warning("could not sample the worker gauges", exc_info=True)
+            stop.wait(WORKER_SAMPLE_SECONDS + random.uniform(0, WORKER_SAMPLE_JITTER))
+
+    def sample_worker(self):
+        """Set the worker gauges to what this process holds now."""
+        descriptors = open_descriptors()
+        if descriptors is not None:
+            self.worker_descriptors.set(descriptors)
+        watchers = event_loop_watchers()
+        if watchers is not None:
+            self.worker_watchers.set(watchers)
+        if self._guard is not None:
+            self.worker_requests.set(self._guard.in_progress)
+        self.worker_in_flight.set(self._pool.in_flight())
 
     # -- requests --------------------------------------------------------------------------------
 

@@ -116,6 +116,10 @@ class AccountPool:
     def end(self, account_id):
         self._selector.end(account_id)
 
+    def in_flight(self):
+        """How many requests this worker has in flight, over all accounts."""
+        return sum(self._selector.in_flight.values())
+
     # -- failures and tokens -------------------------------------------------------------------
 
     def cool_down(self, account, until, reason):

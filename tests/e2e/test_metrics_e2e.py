@@ -14,6 +14,7 @@ import sys
 import pytest
 import requests
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from responses_proxy.store.tables import usage as usage_table
@@ -121,6 +122,46 @@ def test_a_dead_workers_open_streams_leave_the_gauge(e2e, upstream):
         held.close()
 
 
+WORKER_GAUGES = ("responses_proxy_worker_open_fds", "responses_proxy_worker_event_loop_watchers",
+                 "responses_proxy_worker_requests_in_progress", "responses_proxy_worker_upstream_requests_in_flight")
+
+
+def worker_series(gateway, name):
+    """{pid: value} of a worker gauge, as a scrape reads it."""
+    return {int(sample.labels["pid"]): sample.value for family in text_string_to_metric_families(scrape(gateway))
+            for sample in family.samples if sample.name == name}
+
+
+def test_each_worker_samples_its_own_gauges_and_takes_them_along_when_it_dies(e2e, upstream):
+    pids = e2e.worker_pids()
+    assert wait_for(lambda: all(sorted(worker_series(e2e, name)) == pids for name in WORKER_GAUGES), timeout=5)
+    upstream.push({"stall_at": 3, "stall": 60})
+    held = RawStream(e2e, BODY)
+    try:
+        held.read_until(b"response.output_item.added")
+
+        def holder():
+            """The one worker with the stream in progress and in flight (sampled once a second)."""
+            in_flight = worker_series(e2e, "responses_proxy_worker_upstream_requests_in_flight")
+            in_progress = worker_series(e2e, "responses_proxy_worker_requests_in_progress")
+            busy = [pid for pid in pids if in_flight.get(pid) == 1 and in_progress.get(pid) == 1]
+            idle = [pid for pid in pids if in_flight.get(pid) == 0]
+            return busy[0] if len(busy) == 1 and len(idle) == len(pids) - 1 else None
+
+        victim = wait_for(holder, timeout=5)
+        assert victim is not None
+        assert worker_series(e2e, "responses_proxy_worker_open_fds")[victim] > 0
+        assert worker_series(e2e, "responses_proxy_worker_event_loop_watchers")[victim] > 0
+
+        replace_worker(e2e, victim)
+
+        pids = e2e.worker_pids()
+        assert wait_for(lambda: all(sorted(worker_series(e2e, name)) == pids for name in WORKER_GAUGES), timeout=5)
+        assert victim not in pids
+    finally:
+        held.close()
+
+
 def test_websocket_connections_and_their_requests(e2e, connect):
     client = connect(e2e)
     assert client.status == 101
@@ -130,9 +171,11 @@ def test_websocket_connections_and_their_requests(e2e, connect):
 
     assert client.request(BODY)[-1]["type"] == "response.completed"
 
+    # Counted when the relay ends, just after it wrote the final event: the client may read that
+    # event first.
+    assert wait_for(lambda: metric(scrape(e2e), "responses_proxy_requests_total", route="/v1/responses",
+                                   method="WEBSOCKET", status="200", model="gpt-5.2") == before + 1)
     text = scrape(e2e)
-    assert metric(text, "responses_proxy_requests_total", route="/v1/responses", method="WEBSOCKET", status="200",
-                  model="gpt-5.2") == before + 1
     assert metric(text, "responses_proxy_requests_total", route="/v1/responses", method="GET") == 0
     client.close()
     assert wait_for(lambda: metric(scrape(e2e), "responses_proxy_websocket_connections") == 0)
