@@ -37,6 +37,9 @@ class Run:
         self.timeout = command.get("timeout", 30.0)
         self.expected_deltas = command.get("expected_deltas")
         self.delays = Histogram() if command.get("track_delays") else None
+        # The same, of the deltas received once every stream of the run was open (open_streams).
+        self.delays_all_open = Histogram() if command.get("track_delays") else None
+        self.all_open = False
         self.groups = [procfs.Group(name, pid) for name, pid in command.get("groups", {}).items()]
         self.groups.append(procfs.Group("loadgen", os.getpid()))
         self.turn = 0
@@ -231,7 +234,10 @@ class Conn(asyncio.Protocol):
                     at = part.find(payloads.STAMP_MARK)
                     if at >= 0:
                         at += len(payloads.STAMP_MARK)
-                        delays.add(now - float(part[at:part.index(b";", at)]))
+                        delay = now - float(part[at:part.index(b";", at)])
+                        delays.add(delay)
+                        if self.run.all_open:
+                            self.run.delays_all_open.add(delay)
             elif part[:1] == b":":
                 self.keepalives += 1
                 self.events -= 1
@@ -370,6 +376,7 @@ async def open_streams(command):
     before = procfs.sample(run.groups)
     started = monotonic()
     last_open = [None]
+    opened = [0]
 
     async def stream():
         async with opening:
@@ -382,6 +389,8 @@ async def open_streams(command):
             await conn.headed  # the next connection starts once this one's headers came (or it failed)
         if conn.opened is not None:
             last_open[0] = conn.opened
+            opened[0] += 1
+            run.all_open = opened[0] == streams
         outcome = await future
         if conn.transport is not None:
             conn.transport.close()
@@ -414,7 +423,8 @@ async def open_streams(command):
     return {"streams": streams, "ok": len(done), "errors": run.errors, "error_samples": run.error_samples,
             "peak_open": trace["peak_open"], "seconds": round(monotonic() - started, 3),
             "all_open_after": round(last_open[0] - started, 3) if last_open[0] else None,
-            "delay": run.delays.summary() if run.delays else None, **timings(done),
+            "delay": run.delays.summary() if run.delays else None,
+            "delay_all_open": run.delays_all_open.summary() if run.delays_all_open else None, **timings(done),
             "keepalives": sum(d["keepalives"] for d in done), "cpu": cpu_delta(before, after), "rss": rss,
             "samples": trace["samples"]}
 

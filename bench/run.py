@@ -469,6 +469,9 @@ def open_stream_figures(results):
         "delay_p50_ms": median([r["delay"]["p50"] for r in good if r.get("delay")]),
         "delay_p99_ms": median([r["delay"]["p99"] for r in good if r.get("delay")]),
         "delay_max_ms": median([r["delay"]["max"] for r in good if r.get("delay")]),
+        # Once all N are open: the ramp (N requests opened while the first ones stream) left out.
+        "delay_all_open_p50_ms": median([r["delay_all_open"]["p50"] for r in good if r.get("delay_all_open")]),
+        "delay_all_open_p99_ms": median([r["delay_all_open"]["p99"] for r in good if r.get("delay_all_open")]),
         "ttfb_p99_ms": median([r["ttfb"]["p99"] for r in good if r.get("ttfb")]),
         "keepalives": sum(r.get("keepalives", 0) for r in good),
         "errors": error_total(results),
@@ -482,6 +485,9 @@ def open_stream_figures(results):
                                             if "relay" in r["rss"]])
         figures["rss_growth_kb_per_stream"] = median([g / 1024 for g in growth])
         figures["relay_cpu_s"] = median([r["cpu"]["relay"] for r in good])
+    # What the load generator and the fake upstream took of the same two cores meanwhile.
+    figures["harness_cores"] = median([(r["cpu"].get("loadgen", 0) + r["cpu"].get("upstream", 0)) / r["seconds"]
+                                       for r in good if r.get("seconds")])
     figures["runs"] = [{key: value for key, value in r.items() if key != "samples"} for r in results]
     return figures
 
