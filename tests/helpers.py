@@ -219,3 +219,14 @@ class Gateway:
 
 def unique():
     return secrets.token_hex(4)
+
+
+def read_to_end(sock):
+    """Everything a raw socket receives until the other side closes (or resets) it."""
+    received = b""
+    try:
+        while data := sock.recv(65536):
+            received += data
+    except ConnectionResetError:
+        pass
+    return received

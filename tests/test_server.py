@@ -23,6 +23,7 @@ from gunicorn.http2.response import HTTP2Response
 from gunicorn.workers.ggevent import GeventWorker
 
 from responses_proxy.server import CLIENT, SMALL_BODY_BYTES, ClientGuard
+from tests.helpers import read_to_end
 
 TIMEOUT = 0.5
 BODY = b'{"error": {"message": "no"}}'
@@ -102,16 +103,6 @@ def connect(address, receive_buffer=None):
     sock.settimeout(10)
     sock.connect(address)
     return sock
-
-
-def read_to_end(sock):
-    received = b""
-    try:
-        while data := sock.recv(65536):
-            received += data
-    except ConnectionResetError:
-        pass
-    return received
 
 
 def read_answer(sock):

@@ -43,7 +43,7 @@ from responses_proxy.store import limits as limit_store
 from responses_proxy.store.tables import conversations, worker_load
 from tests.e2e.helpers import TERMINAL, WebSocketClient, auth, query, split_frames, wait_for
 from tests.fake_upstream import auth_json
-from tests.helpers import Gateway, unique
+from tests.helpers import Gateway, read_to_end, unique
 from tests.prometheus import metric
 
 WORKERS = 2
@@ -100,16 +100,6 @@ def connect(gateway):
     sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=IO_TIMEOUT)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
-
-
-def read_to_end(sock):
-    received = b""
-    try:
-        while data := sock.recv(65536):
-            received += data
-    except ConnectionResetError:
-        pass
-    return received
 
 
 def parse_answer(raw):
