@@ -294,6 +294,27 @@ def test_a_turn_states_issuer_needs_no_query_once_known_and_is_kept_while_in_use
     assert selector.take_affinity_touches() == {"turn-state-key": ("acct_a", now + 600)}
 
 
+def test_an_affinity_the_database_cannot_take_is_written_later_and_the_request_goes_on(services, monkeypatch):
+    """A full disk or a stalled database: cache affinity is an optimization, so choosing an
+    account still works, and the upkeep writes the affinity once the database takes it."""
+    account_id = add_account(services, account_id="acct-one")["id"]
+    pool = services.pool
+    put = pool_state.affinity_put
+
+    def full_disk(*args, **kwargs):
+        raise OperationalError("INSERT INTO affinity", {}, Exception("database or disk is full"))
+
+    monkeypatch.setattr(pool_state, "affinity_put", full_disk)
+    account, decision = pool.choose("thread-full-disk")
+    assert (account.id, decision["affinity"]) == (account_id, "new")
+    assert pool_state.affinity_get(services.engine, "thread-full-disk", 0) is None
+    with pytest.raises(OperationalError):
+        pool._upkeep.flush_affinity()  # still full: kept for the next round
+    monkeypatch.setattr(pool_state, "affinity_put", put)
+    pool._upkeep.flush_affinity()
+    assert pool_state.affinity_get(services.engine, "thread-full-disk", 0)[0] == account_id
+
+
 # --- each worker's upkeep ---------------------------------------------------------------------------
 
 def upkeep_threads():
