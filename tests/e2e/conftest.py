@@ -49,11 +49,14 @@ def postgres_schemas(request):
 def make_gateway(request, upstream, tmp_path_factory):
     """Start a gateway with ``n`` accounts (fake ids acct-0..n-1) on the parametrized database."""
     started = []
+    # Its schema is made before any gateway, so that it is dropped after they have all stopped:
+    # a worker still writing while it is dropped deadlocks the DROP.
+    database_url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
 
     def start(n=3, env=None, documents=None):
         env = dict(env or {})
-        if request.param == "postgresql":
-            env["RESPONSES_PROXY_DATABASE_URL"] = request.getfixturevalue("postgres_url")
+        if database_url is not None:
+            env["RESPONSES_PROXY_DATABASE_URL"] = database_url
         server = Gateway(tmp_path_factory.mktemp("pool"), upstream.base_url, env=env)
         started.append(server)
         server.start()
