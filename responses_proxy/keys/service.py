@@ -10,6 +10,10 @@ from ..store import limits as limit_store
 # Digests this worker keeps between changes (unknown ones included: a client retrying with a
 # wrong key costs no query either); past this many, it starts over.
 KEPT_KEYS_MAX = 10_000
+# What is kept is read again after this long even without a change signal: a bound that holds
+# whatever happens to the signal (PostgreSQL delivers a notification a few milliseconds after
+# the commit, and a listening connection can hang unnoticed behind a network partition).
+KEPT_SECONDS = 1.0
 
 
 class KeyService:
@@ -20,6 +24,7 @@ class KeyService:
         # no such unrevoked key) and the accounts version read with them.
         self._signal = changes.for_engine(engine) if signal is None else signal
         self._seen = None
+        self._kept_since = 0.0
         self._keys = {}
         self._accounts_version = None
 
@@ -28,8 +33,10 @@ class KeyService:
         ``InvalidApiKey``.
 
         Both come from one query, or from what the last query read when the database says
-        nothing was committed to keys or accounts since (``store.changes``): a key revoked, or
-        a cooldown written, anywhere is seen by the next request after its commit.
+        nothing was committed to keys or accounts since (``store.changes``) and it was read less
+        than ``KEPT_SECONDS`` ago: a key revoked, or a cooldown written, anywhere is seen by the
+        next request after its commit (SQLite), or after its notification arrives, milliseconds
+        later (PostgreSQL), and in any case within a second.
         """
         token = bearer_token(header)
         if not token:
@@ -37,12 +44,16 @@ class KeyService:
         digest = store.hash_key(token)
         # Read before the query: a change committed after this point makes the next check differ.
         seen = self._signal.token()
+        now = time.monotonic()
+        if now - self._kept_since > KEPT_SECONDS:
+            self._seen = None  # what is kept is too old: read it again
         if seen is not None and seen == self._seen and digest in self._keys:
             key, accounts_version = self._keys[digest], self._accounts_version
         else:
             key, accounts_version = store.find_active_by_hash(self.engine, digest)
             if seen != self._seen or len(self._keys) >= KEPT_KEYS_MAX:
                 self._keys.clear()
+                self._kept_since = now
             self._seen = seen
             if seen is not None:
                 self._keys[digest] = key
