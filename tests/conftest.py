@@ -6,6 +6,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from responses_proxy.store import keys as key_store
+from responses_proxy.store import make_engine, migrate
 from responses_proxy.store.accounts import upsert
 from responses_proxy.upstream.credentials import parse_auth_json
 from tests.fake_upstream import FakeUpstream, auth_json
@@ -60,6 +61,21 @@ def database_url(request, tmp_path):
 
 
 @pytest.fixture
+def bare_engine(database_url):
+    """An engine on the parametrized database, its schema not made."""
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def engine(bare_engine):
+    """An engine on the parametrized database, its schema current."""
+    migrate.upgrade(bare_engine)
+    return bare_engine
+
+
+@pytest.fixture
 def app(tmp_path, upstream):
     app = make_app(tmp_path, upstream.base_url)
     yield app
@@ -102,11 +118,8 @@ def gateway(fake_upstream, tmp_path_factory):
     """gunicorn with two gevent workers, one account and a 1 s keepalive, for a whole module."""
     server = Gateway(tmp_path_factory.mktemp("gateway"), fake_upstream.base_url,
                      env={"RESPONSES_PROXY_KEEPALIVE_SECONDS": "1"})
-    server.start()
-    server.import_account()
-    server.key = server.create_key()
-    yield server
-    server.stop()
+    with server.serving():
+        yield server
 
 
 @pytest.fixture

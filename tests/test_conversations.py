@@ -93,39 +93,25 @@ def test_a_conversation_of_thousands_of_items_loads_in_one_query(big_conversatio
     assert reply.headers["X-Conversation-Items-Dropped"] == "0"
 
 
-def test_items_are_stored_once_each(database_url, tmp_path):
-    engine = make_engine(database_url)
-    try:
-        migrate.upgrade(engine)
-        row, _ = store.create(engine, "key_x", items=[{"role": "user", "content": "a"}])
-        for turn in range(3):
-            store.append(engine, row["id"], [{"role": "user", "content": f"t{turn}"}])
-        assert store.count_items(engine, row["id"]) == 4
-        loaded = store.load_history(engine, row["id"], 100)
-        assert [json.loads(data)["content"] for _, _, _, data, _ in loaded] == ["a", "t0", "t1", "t2"]
-        assert [turn for turn, *_ in loaded] == [0, 1, 2, 3]
-    finally:
-        engine.dispose()
+def test_items_are_stored_once_each(engine):
+    row, _ = store.create(engine, "key_x", items=[{"role": "user", "content": "a"}])
+    for turn in range(3):
+        store.append(engine, row["id"], [{"role": "user", "content": f"t{turn}"}])
+    assert store.count_items(engine, row["id"]) == 4
+    loaded = store.load_history(engine, row["id"], 100)
+    assert [json.loads(data)["content"] for _, _, _, data, _ in loaded] == ["a", "t0", "t1", "t2"]
+    assert [turn for turn, *_ in loaded] == [0, 1, 2, 3]
 
 
 def item(kind, text, **fields):
     return {"type": kind, "text": text, **fields}
 
 
-@pytest.fixture
-def history_engine(database_url):
-    engine = make_engine(database_url)
-    migrate.upgrade(engine)
-    yield engine
-    engine.dispose()
-
-
 def loaded_texts(rows):
     return [json.loads(data)["text"] for _, _, _, data, _ in rows]
 
 
-def test_the_history_starts_at_the_latest_compaction_and_reads_only_the_budget(history_engine):
-    engine = history_engine
+def test_the_history_starts_at_the_latest_compaction_and_reads_only_the_budget(engine):
     row, _ = store.create(engine, "key_x", items=[item("message", "added"), item("reasoning", "r0")])
     store.append(engine, row["id"], [item("message", "q1"), item("reasoning", "r1")], account_id="acc_a")
     store.append(engine, row["id"], [item("message", "q2"), item("compaction", "c2")], account_id="acc_a")
@@ -153,9 +139,8 @@ def test_the_history_starts_at_the_latest_compaction_and_reads_only_the_budget(h
                                            unknown_readable=False)) == ["added", "q1", "q2", "q3", "q5", "a5"]
 
 
-def test_the_history_is_one_query_that_reads_no_row_before_it(history_engine):
+def test_the_history_is_one_query_that_reads_no_row_before_it(engine):
     """The newest rows only, found by index: the query plan never scans the conversation."""
-    engine = history_engine
     row, _ = store.create(engine, "key_x")
     for turn in range(30):
         store.append(engine, row["id"], [item("message", f"q{turn}"), item("compaction" if turn == 20 else
@@ -181,20 +166,15 @@ def test_the_history_is_one_query_that_reads_no_row_before_it(history_engine):
         assert "SCAN" not in plan.upper().replace("SCAN CONSTANT", ""), plan
 
 
-def test_turn_lease_is_exclusive_and_released(database_url):
-    engine = make_engine(database_url)
-    try:
-        migrate.upgrade(engine)
-        row, _ = store.create(engine, "key_x")
-        assert store.acquire_turn(engine, row["id"], "one", 60)
-        assert not store.acquire_turn(engine, row["id"], "two", 60)
-        store.append(engine, row["id"], [{"role": "user", "content": "x"}], release_owner="one")
-        assert store.acquire_turn(engine, row["id"], "two", 60)
-        store.release_turn(engine, row["id"], "two")
-        assert store.acquire_turn(engine, row["id"], "three", -1)  # an expired lease is taken over
-        assert store.acquire_turn(engine, row["id"], "four", 60)
-    finally:
-        engine.dispose()
+def test_turn_lease_is_exclusive_and_released(engine):
+    row, _ = store.create(engine, "key_x")
+    assert store.acquire_turn(engine, row["id"], "one", 60)
+    assert not store.acquire_turn(engine, row["id"], "two", 60)
+    store.append(engine, row["id"], [{"role": "user", "content": "x"}], release_owner="one")
+    assert store.acquire_turn(engine, row["id"], "two", 60)
+    store.release_turn(engine, row["id"], "two")
+    assert store.acquire_turn(engine, row["id"], "three", -1)  # an expired lease is taken over
+    assert store.acquire_turn(engine, row["id"], "four", 60)
 
 
 def test_a_release_the_database_refused_is_retried_until_it_goes_through(tmp_path, monkeypatch):

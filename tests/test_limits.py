@@ -7,7 +7,6 @@ import pytest
 
 from responses_proxy.keys.limits import KeyLimits, duration, rate_headers, refusal
 from responses_proxy.store import limits as store
-from responses_proxy.store import make_engine, migrate
 from responses_proxy.store import usage as usage_store
 from tests.helpers import built_usage_row
 
@@ -15,14 +14,6 @@ LEASE = 10.0
 # 01:00 UTC, at the start of a lease period: the arithmetic below crosses neither a day nor a
 # period by accident.
 NOW = 20833 * 86400.0 + 3600.0
-
-
-@pytest.fixture
-def engine(database_url):
-    engine = make_engine(database_url)
-    migrate.upgrade(engine)
-    yield engine
-    engine.dispose()
 
 
 def admit(engine, now=NOW, key_id="key_a", **limits):

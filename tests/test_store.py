@@ -27,19 +27,6 @@ from tests.fake_upstream import auth_json
 
 
 @pytest.fixture
-def bare_engine(database_url):
-    engine = make_engine(database_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def engine(bare_engine):
-    migrate.upgrade(bare_engine)
-    return bare_engine
-
-
-@pytest.fixture
 def cipher():
     return TokenCipher(fernet_key("store-test-secret"))
 
@@ -461,45 +448,35 @@ def test_recorder_keeps_the_newest_rows_up_to_its_limit(engine, monkeypatch):
     assert sorted(row["key_id"] for row in raw_rows(engine, usage)) == ["key_2", "key_3", "key_4"]
 
 
-def test_expired_affinity_rows_are_pruned(database_url):
+def test_expired_affinity_rows_are_pruned(engine):
     from responses_proxy.store import pool_state
 
-    engine = make_engine(database_url)
-    try:
-        migrate.upgrade(engine)
-        now = time.time()
-        pool_state.affinity_put(engine, [{"cache_key": "old", "account_id": "acct_a", "updated_at": now - 7200},
-                                         {"cache_key": "new", "account_id": "acct_b", "updated_at": now}])
-        assert pool_state.affinity_prune(engine, now - 1800) == 1
-        assert pool_state.affinity_get(engine, "old", 0) is None
-        assert pool_state.affinity_get(engine, "new", now - 1800) == ("acct_b", None)
-        # Re-putting a key moves it (upsert), on both databases.
-        pool_state.affinity_put(engine, [{"cache_key": "new", "account_id": "acct_c", "updated_at": now + 1,
-                                          "boundary": "b" * 64}])
-        assert pool_state.affinity_get(engine, "new", now - 1800) == ("acct_c", "b" * 64)
-        # A timestamp written without a boundary leaves it; one written with it replaces it.
-        pool_state.affinity_put(engine, [{"cache_key": "new", "account_id": "acct_c", "updated_at": now + 2}])
-        assert pool_state.affinity_get(engine, "new", now - 1800) == ("acct_c", "b" * 64)
-        pool_state.affinity_put(engine, [{"cache_key": "new", "account_id": "acct_d", "updated_at": now + 3,
-                                          "boundary": None}])
-        assert pool_state.affinity_get(engine, "new", now - 1800) == ("acct_d", None)
-    finally:
-        engine.dispose()
+    now = time.time()
+    pool_state.affinity_put(engine, [{"cache_key": "old", "account_id": "acct_a", "updated_at": now - 7200},
+                                     {"cache_key": "new", "account_id": "acct_b", "updated_at": now}])
+    assert pool_state.affinity_prune(engine, now - 1800) == 1
+    assert pool_state.affinity_get(engine, "old", 0) is None
+    assert pool_state.affinity_get(engine, "new", now - 1800) == ("acct_b", None)
+    # Re-putting a key moves it (upsert), on both databases.
+    pool_state.affinity_put(engine, [{"cache_key": "new", "account_id": "acct_c", "updated_at": now + 1,
+                                      "boundary": "b" * 64}])
+    assert pool_state.affinity_get(engine, "new", now - 1800) == ("acct_c", "b" * 64)
+    # A timestamp written without a boundary leaves it; one written with it replaces it.
+    pool_state.affinity_put(engine, [{"cache_key": "new", "account_id": "acct_c", "updated_at": now + 2}])
+    assert pool_state.affinity_get(engine, "new", now - 1800) == ("acct_c", "b" * 64)
+    pool_state.affinity_put(engine, [{"cache_key": "new", "account_id": "acct_d", "updated_at": now + 3,
+                                      "boundary": None}])
+    assert pool_state.affinity_get(engine, "new", now - 1800) == ("acct_d", None)
 
 
-def test_the_counts_of_dead_workers_are_pruned(database_url):
+def test_the_counts_of_dead_workers_are_pruned(engine):
     from responses_proxy.store import pool_state
 
-    engine = make_engine(database_url)
-    try:
-        migrate.upgrade(engine)
-        now = time.time()
-        pool_state.report_load(engine, "alive", {"acct_a": 2})
-        pool_state.report_load(engine, "dead", {"acct_a": 1, "acct_b": 1})
-        with engine.begin() as conn:
-            conn.execute(worker_load.update().where(worker_load.c.worker_id == "dead").values(updated_at=now - 60))
-        assert pool_state.load_totals(engine, "me", now - 10) == {"acct_a": 2}
-        assert pool_state.prune_load(engine, now - 10) == 2
-        assert [row["worker_id"] for row in raw_rows(engine, worker_load)] == ["alive"]
-    finally:
-        engine.dispose()
+    now = time.time()
+    pool_state.report_load(engine, "alive", {"acct_a": 2})
+    pool_state.report_load(engine, "dead", {"acct_a": 1, "acct_b": 1})
+    with engine.begin() as conn:
+        conn.execute(worker_load.update().where(worker_load.c.worker_id == "dead").values(updated_at=now - 60))
+    assert pool_state.load_totals(engine, "me", now - 10) == {"acct_a": 2}
+    assert pool_state.prune_load(engine, now - 10) == 2
+    assert [row["worker_id"] for row in raw_rows(engine, worker_load)] == ["alive"]

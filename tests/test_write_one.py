@@ -16,14 +16,6 @@ from responses_proxy.store import make_engine, migrate, write_one
 from responses_proxy.store.tables import key_counters
 
 
-@pytest.fixture
-def engine(database_url):
-    engine = make_engine(database_url, lock_wait=0.3)
-    migrate.upgrade(engine)
-    yield engine
-    engine.dispose()
-
-
 def test_the_row_comes_back_and_the_change_is_committed(engine):
     row = limit_store.admit(engine, "key_a", 1000.0, 60, rpm=60, concurrency=5)
     assert (row.lease_period, row.in_flight) == (16, 1)
