@@ -135,6 +135,18 @@ class Gateway:
     def start(self):
         return self.launch().wait_ready()
 
+    @contextlib.contextmanager
+    def serving(self, document=None, **account):
+        """Started, with one account (``import_account``'s arguments) and an API key in
+        ``self.key``; stopped at the end, whatever happened."""
+        self.start()
+        try:
+            self.import_account(document, **account)
+            self.key = self.create_key()
+            yield self
+        finally:
+            self.stop()
+
     def launch(self):
         """Start gunicorn without waiting for it: several gateways then start together. From the
         main thread: the server gets SIGTERM when the thread that started it ends."""

@@ -28,11 +28,8 @@ def gateway(fake_upstream, tmp_path_factory):
                      env={"RESPONSES_PROXY_KEEPALIVE_SECONDS": "1",
                           "RESPONSES_PROXY_CLIENT_TIMEOUT": str(CLIENT_TIMEOUT),
                           "RESPONSES_PROXY_MAX_BODY_BYTES": str(MAX_BODY_BYTES)})
-    server.start()
-    server.import_account()
-    server.key = server.create_key()
-    yield server
-    server.stop()
+    with server.serving():
+        yield server
 
 
 def healthy(gateway):

@@ -118,11 +118,8 @@ def gateway(fake_upstream, postgres, tmp_path_factory):
     server = Gateway(tmp_path_factory.mktemp("outage"), fake_upstream.base_url,
                      env={"RESPONSES_PROXY_DATABASE_URL": postgres.url, "RESPONSES_PROXY_KEEPALIVE_SECONDS": "1",
                           "RESPONSES_PROXY_DATABASE_STATEMENT_TIMEOUT": str(STATEMENT_TIMEOUT)})
-    server.start()
-    server.import_account(auth_json(last_refresh="2099-01-01T00:00:00Z"))
-    server.key = server.create_key()
-    yield server
-    server.stop()
+    with server.serving(auth_json(last_refresh="2099-01-01T00:00:00Z")):
+        yield server
 
 
 def timed(method, url, **kwargs):

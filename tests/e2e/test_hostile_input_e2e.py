@@ -127,13 +127,9 @@ def stored_gateway(request, upstream, tmp_path_factory):
     env = {}
     if request.param == "postgresql":
         env["RESPONSES_PROXY_DATABASE_URL"] = request.getfixturevalue("postgres_url")
-    server = Gateway(tmp_path_factory.mktemp("stored"), upstream.base_url, env=env).start()
-    try:
-        server.import_account(last_refresh="2099-01-01T00:00:00Z")
-        server.key = server.create_key()
+    server = Gateway(tmp_path_factory.mktemp("stored"), upstream.base_url, env=env)
+    with server.serving(last_refresh="2099-01-01T00:00:00Z"):
         yield server
-    finally:
-        server.stop()
 
 
 def store_items(gateway, route, items, name):

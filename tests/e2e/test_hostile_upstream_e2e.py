@@ -28,11 +28,8 @@ def gateway(fake_upstream, tmp_path_factory):
     """One gevent worker: anything that blocks its event loop blocks every request."""
     server = Gateway(tmp_path_factory.mktemp("hostile-gateway"), fake_upstream.base_url, workers=1,
                      env={"RESPONSES_PROXY_KEEPALIVE_SECONDS": "1"})
-    server.start()
-    server.import_account()
-    server.key = server.create_key()
-    yield server
-    server.stop()
+    with server.serving():
+        yield server
 
 
 @pytest.fixture

@@ -33,11 +33,8 @@ def gateway(fake_upstream, tmp_path_factory):
     """This module's ``e2e``: two workers, one account, and /metrics behind a token."""
     server = Gateway(tmp_path_factory.mktemp("metrics"), fake_upstream.base_url,
                      env={"RESPONSES_PROXY_METRICS_TOKEN": TOKEN})
-    server.start()
-    server.import_account()
-    server.key = server.create_key()
-    yield server
-    server.stop()
+    with server.serving():
+        yield server
 
 
 def scrape(gateway):
@@ -245,15 +242,10 @@ def test_token_counters_add_up_what_the_upstream_reported(e2e, upstream):
 
 def test_the_counts_start_over_with_the_server(fake_upstream, tmp_path):
     server = Gateway(tmp_path, fake_upstream.base_url)
-    server.start()
-    try:
-        server.import_account()
-        server.key = server.create_key()
+    with server.serving():
         assert post(server, BODY).status_code == 200
         assert metric(requests.get(server.url + "/metrics", timeout=10).text, "responses_proxy_requests_total",
                       **RESPONSES) == 1
-    finally:
-        server.stop()
     server.start()
     try:
         assert metric(requests.get(server.url + "/metrics", timeout=10).text, "responses_proxy_requests_total",

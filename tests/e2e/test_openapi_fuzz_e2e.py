@@ -35,11 +35,8 @@ ENVELOPE_FIELDS = {"message", "type", "code", "param"}
 @pytest.fixture(scope="module")
 def gateway(fake_upstream, tmp_path_factory):
     server = Gateway(tmp_path_factory.mktemp("fuzz"), fake_upstream.base_url)
-    server.start()
-    server.import_account()
-    server.key = server.create_key()
-    yield server
-    server.stop()
+    with server.serving():
+        yield server
 
 
 def served_document():

@@ -21,11 +21,8 @@ from tests.helpers import Gateway, unique
 def gateway(fake_upstream, tmp_path_factory):
     server = Gateway(tmp_path_factory.mktemp("release"), fake_upstream.base_url, workers=1,
                      env={"RESPONSES_PROXY_KEEPALIVE_SECONDS": "1"})
-    server.start()
-    server.import_account(last_refresh="2099-01-01T00:00:00Z")
-    server.key = server.create_key()
-    yield server
-    server.stop()
+    with server.serving(last_refresh="2099-01-01T00:00:00Z"):
+        yield server
 
 
 @pytest.fixture

@@ -20,11 +20,8 @@ def gateway(tmp_path, upstream):
     server = Gateway(tmp_path, upstream.base_url, workers=1,
                      env={"RESPONSES_PROXY_CONVERSATION_TURN_LEASE_SECONDS": str(LEASE),
                           "RESPONSES_PROXY_KEEPALIVE_SECONDS": "1"})
-    server.start()
-    server.import_account()
-    server.key = server.create_key()
-    yield server
-    server.stop()
+    with server.serving():
+        yield server
 
 
 def turn(gateway, conversation, text, timeout=30):

@@ -377,11 +377,8 @@ def tuned(fake_upstream, tmp_path_factory):
                      env={"RESPONSES_PROXY_WEBSOCKET_PING_SECONDS": "0.3",
                           "RESPONSES_PROXY_WEBSOCKET_MAX_AGE_SECONDS": "2.5",
                           "RESPONSES_PROXY_MAX_BODY_BYTES": "8192"})
-    server.start()
-    server.import_account()
-    server.key = server.create_key()
-    yield server
-    server.stop()
+    with server.serving():
+        yield server
 
 
 def test_pings_keep_a_connection_that_answers_them(connect, tuned, upstream):
