@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from responses_proxy.responses.service import scoped_cache_key
-from tests.e2e.helpers import ACCOUNT, events_of, key_id, read_stream, split_frames
+from tests.e2e.helpers import ACCOUNT, events_of, key_id, read_stream, split_frames, wait_for
 from tests.fake_upstream import ISSUED, Script, compaction_answer
 from tests.helpers import Gateway
 
@@ -248,11 +248,18 @@ def test_codex_exec_tool_round_trip(e2e, upstream, tmp_path):
     assert isinstance(output["output"], str) and output["output"]
 
 
-def request_log(gateway, key):
-    """The gateway's log lines of the requests made with ``key`` (one per request), in order."""
+def request_log(gateway, key, count):
+    """The gateway's log lines of the requests made with ``key`` (one per request), in order,
+    once ``count`` of them are there (for up to 5 s): a request's line is written just after its
+    last byte, and a client that has its answer (Codex exits at once) may read before that."""
     owner = key_id(gateway, key)
-    lines = [json.loads(line) for line in gateway.log(None).splitlines() if line.startswith("{")]
-    return [line for line in lines if line.get("message") == "response" and line.get("key_id") == owner]
+
+    def written():
+        lines = [json.loads(line) for line in gateway.log(None).splitlines() if line.startswith("{")]
+        return [line for line in lines if line.get("message") == "response" and line.get("key_id") == owner]
+
+    wait_for(lambda: len(written()) >= count)
+    return written()
 
 
 def tool_round_trip(upstream):
@@ -275,7 +282,7 @@ def test_codex_exec_tool_round_trip_over_a_websocket(e2e, upstream, tmp_path):
 
     assert code == 0, f"{err[-3000:]}\n{e2e.log()}"
     assert out.strip() == "Ran it: gateway-tool-ok"
-    requests_made = request_log(e2e, key)
+    requests_made = request_log(e2e, key, 3)
     assert [line["transport"] for line in requests_made] == ["websocket"] * 3
     assert requests_made[0]["decisions"] == [{"event": "prewarm"}] and requests_made[0]["account_id"] is None
     # One connection: the requests' ids are the connection's, numbered.
@@ -305,7 +312,7 @@ def test_codex_built_in_provider_through_the_gateway(e2e, upstream, tmp_path):
 
     assert code == 0, f"{err[-3000:]}\n{e2e.log()}"
     assert out.strip() == "Ran it: gateway-tool-ok"
-    assert [line["transport"] for line in request_log(e2e, key)] == ["websocket"] * 3
+    assert [line["transport"] for line in request_log(e2e, key, 3)] == ["websocket"] * 3
     first, second = upstream.response_requests()
     # The metadata the built-in provider puts on its items reaches the upstream as it was sent.
     messages = [item for item in second["body"]["input"] if item.get("type") == "message"]
@@ -328,7 +335,7 @@ def test_codex_falls_back_to_post_at_once_when_websockets_are_off(fake_upstream,
                                    env={"CODEX_API_KEY": key})
         assert code == 0, f"{err[-3000:]}\n{server.log()}"
         assert out.strip() == "Over POST."
-        assert [line["transport"] for line in request_log(server, key)] == ["http"]
+        assert [line["transport"] for line in request_log(server, key, 1)] == ["http"]
         # One upgrade refused, no retries (a 404 or a 405 would cost about 6.5 s of them).
         assert server.log(None).count('"GET /v1/responses HTTP/1.1" 426') == 1
     finally:
@@ -378,7 +385,7 @@ def test_codex_remote_compaction_over_the_websocket(e2e, upstream, tmp_path):
     assert code == 0, f"{err[-3000:]}\n{e2e.log()}"
     assert out.strip() == "Compacted and done."
     assert_compacted(upstream)
-    assert [line["transport"] for line in request_log(e2e, key)] == ["websocket"] * 4  # the prewarm first
+    assert [line["transport"] for line in request_log(e2e, key, 4)] == ["websocket"] * 4  # the prewarm first
 
 
 @needs_codex
@@ -395,7 +402,7 @@ def test_codex_remote_compaction_over_post(fake_upstream, upstream, tmp_path):
         assert code == 0, f"{err[-3000:]}\n{server.log()}"
         assert out.strip() == "Compacted and done."
         assert_compacted(upstream)
-        assert [line["transport"] for line in request_log(server, key)] == ["http"] * 3
+        assert [line["transport"] for line in request_log(server, key, 3)] == ["http"] * 3
     finally:
         server.stop()
 
@@ -424,7 +431,7 @@ def test_codex_echoes_the_turn_state_to_the_account_that_issued_it(fake_upstream
         assert "x-codex-turn-state" not in first["headers"]
         assert second["headers"]["x-codex-turn-state"] == state
         assert first["headers"]["chatgpt-account-id"] == second["headers"]["chatgpt-account-id"] == issuer
-        assert request_log(server, key)[-1]["decisions"][0]["turn_state"] == "issuer"
+        assert request_log(server, key, 2)[-1]["decisions"][0]["turn_state"] == "issuer"
     finally:
         server.stop()
 
